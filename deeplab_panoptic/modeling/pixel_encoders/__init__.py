@@ -1,0 +1,1 @@
+"""deeplab_panoptic."""
