@@ -1,1 +1,1 @@
-"""deeplab_panoptic."""
+"""Pixel encoders (backbones)."""

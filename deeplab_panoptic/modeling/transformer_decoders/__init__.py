@@ -1,1 +1,1 @@
-"""deeplab_panoptic."""
+"""Transformer decoders."""

@@ -1,0 +1,136 @@
+"""k-means cross-attention and the kMaX transformer layer built on it."""
+
+from typing import Dict, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+
+from deeplab_panoptic import common
+from deeplab_panoptic.modeling.layers import conv
+from deeplab_panoptic.modeling.layers.drop_path import DropPath
+
+
+def kmeans_assignment(mask_logits: tf.Tensor) -> tf.Tensor:
+  """Hard cluster assignment: each pixel goes to the centre with the largest logit.
+
+  Args:
+    mask_logits: ``[batch, h, w, N]`` pixel-to-centre affinities.
+
+  Returns:
+    ``[batch, h, w, N]`` one-hot assignment, with no gradient (the argmax is the
+    k-means E-step; the M-step below is what gets trained).
+  """
+  num_centers = mask_logits.shape[-1]
+  assign = tf.one_hot(tf.argmax(mask_logits, axis=-1), num_centers, dtype=mask_logits.dtype)
+  return tf.stop_gradient(assign)
+
+
+def kmeans_center_update(assignment: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+  """k-means M-step: sum of the values of the pixels assigned to each centre.
+
+  Args:
+    assignment: ``[batch, h, w, N]`` one-hot assignment.
+    values: ``[batch, h, w, d]`` pixel values.
+
+  Returns:
+    ``[batch, N, d]``: per-centre sum (kMaX uses the sum, not the mean; the BN
+    after it normalises the scale).
+  """
+  return tf.einsum("bhwn,bhwd->bnd", assignment, values)
+
+
+class MultiHeadSelfAttention(keras.layers.Layer):
+  """Multi-head self-attention among cluster centres.
+
+  Input ``[batch, N, d_in]``; output ``[batch, N, value_dim]`` (activated).
+  """
+
+  def __init__(self, num_heads: int, key_dim: int, value_dim: int, activation: str,
+               **kwargs):
+    super().__init__(**kwargs)
+    if key_dim % num_heads or value_dim % num_heads:
+      raise ValueError(f"key_dim {key_dim} and value_dim {value_dim} must be divisible "
+                       f"by num_heads {num_heads}.")
+    self._heads = num_heads
+    self._key_dim = key_dim
+    self._value_dim = value_dim
+    self._qkv = keras.layers.Dense(2 * key_dim + value_dim, use_bias=False, name="qkv")
+    self._qkv_bn = conv.batch_norm(name="qkv_bn")
+    self._value_bn = conv.batch_norm(name="value_bn")
+    self._act = conv.get_activation(activation)
+
+  def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
+    qkv = self._qkv_bn(self._qkv(x), training=training)
+    q, k, v = tf.split(qkv, [self._key_dim, self._key_dim, self._value_dim], axis=-1)
+    n = x.shape[1]
+    q = tf.reshape(q, [-1, n, self._heads, self._key_dim // self._heads])
+    k = tf.reshape(k, [-1, n, self._heads, self._key_dim // self._heads])
+    v = tf.reshape(v, [-1, n, self._heads, self._value_dim // self._heads])
+    scale = (self._key_dim // self._heads) ** -0.5
+    attn = tf.nn.softmax(tf.einsum("bnhc,bmhc->bhnm", q * scale, k), axis=-1)
+    out = tf.reshape(tf.einsum("bhnm,bmhc->bnhc", attn, v), [-1, n, self._value_dim])
+    return self._act(self._value_bn(out, training=training))
+
+
+class KMaXTransformerLayer(keras.layers.Layer):
+  """One kMaX-DeepLab transformer layer: k-means cross-attention, self-attention, FFN.
+
+  1. Bottleneck projections of centres ``Cs`` and pixels ``Ps``.
+  2. An auxiliary predictor on (Ps, Cs) gives class and mask logits; the hard
+     assignment is the argmax of the mask logits over the centres.
+  3. k-means update: centres += proj(sum of assigned pixel values).
+  4. Self-attention among the (pre-update) centres, in parallel, added as well.
+  5. Feed-forward network with a residual connection.
+
+  Inputs: pixels ``[batch, h, w, c]`` (non-activated), centres ``[batch, N, d]``.
+  Outputs: updated centres ``[batch, N, d]`` and the auxiliary prediction dict.
+  """
+
+  def __init__(self, center_dim: int, bottleneck_dim: int, num_heads: int,
+               key_dim: int, value_dim: int, ffn_dim: int, predictor: keras.layers.Layer,
+               activation: str = "gelu", drop_path_rate: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self._act = conv.get_activation(activation)
+    self._center_in = keras.layers.Dense(bottleneck_dim, use_bias=False, name="center_in")
+    self._center_in_bn = conv.batch_norm(name="center_in_bn")
+    self._pixel_in = conv.ConvBN(bottleneck_dim, 1, activation=activation, name="pixel_in")
+    self._predictor = predictor
+    self._pixel_value = conv.ConvBN(bottleneck_dim, 1, name="pixel_value")
+    self._update_bn = conv.batch_norm(name="kmeans_update_bn")
+    self._update_out = keras.layers.Dense(center_dim, use_bias=False, name="kmeans_out")
+    self._update_out_bn = conv.batch_norm(gamma_zero=True, name="kmeans_out_bn")
+    self._self_attention = MultiHeadSelfAttention(num_heads, key_dim, value_dim, activation,
+                                                  name="self_attention")
+    self._attn_out = keras.layers.Dense(center_dim, use_bias=False, name="attention_out")
+    self._attn_out_bn = conv.batch_norm(gamma_zero=True, name="attention_out_bn")
+    self._ffn_in = keras.layers.Dense(ffn_dim, use_bias=False, name="ffn_in")
+    self._ffn_in_bn = conv.batch_norm(name="ffn_in_bn")
+    self._ffn_out = keras.layers.Dense(center_dim, use_bias=False, name="ffn_out")
+    self._ffn_out_bn = conv.batch_norm(gamma_zero=True, name="ffn_out_bn")
+    # Independent drop-path masks per branch, as in the dual-path transformer.
+    self._drop_kmeans = DropPath(drop_path_rate)
+    self._drop_attn = DropPath(drop_path_rate)
+    self._drop_ffn = DropPath(drop_path_rate)
+
+  def call(self, pixels: tf.Tensor, centers: tf.Tensor,
+           training=None) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    cs = self._act(self._center_in_bn(self._center_in(centers), training=training))
+    ps = self._pixel_in(self._act(pixels), training=training)
+
+    aux = self._predictor(ps, cs, cs, training=training)
+    assignment = kmeans_assignment(aux[common.PRED_MASK_LOGITS])
+
+    values = self._pixel_value(ps, training=training)
+    update = kmeans_center_update(assignment, values)
+    update = self._update_bn(update, training=training)
+    update = self._update_out_bn(self._update_out(update), training=training)
+
+    attn = self._self_attention(cs, training=training)
+    attn = self._attn_out_bn(self._attn_out(attn), training=training)
+
+    centers = self._act(centers + self._drop_kmeans(update, training=training)
+                        + self._drop_attn(attn, training=training))
+    ffn = self._act(self._ffn_in_bn(self._ffn_in(centers), training=training))
+    ffn = self._ffn_out_bn(self._ffn_out(ffn), training=training)
+    centers = self._act(centers + self._drop_ffn(ffn, training=training))
+    return centers, aux

@@ -1,0 +1,97 @@
+"""kMaX-DeepLab pixel decoder: a feature pyramid from stride 32 down to stride 4."""
+
+from typing import Dict, Sequence
+
+import gin
+import tensorflow as tf
+import tf_keras as keras
+
+from deeplab_panoptic.modeling import utils
+from deeplab_panoptic.modeling.layers import conv
+
+
+class ResizedFuse(keras.layers.Layer):
+  """Sums features of different size and width at one target size and width.
+
+  Each input is activated, projected by 1x1 conv + BN to ``filters`` and
+  bilinearly resized to the first input's spatial size.
+
+  Inputs: list of ``[batch, h_i, w_i, c_i]``; output ``[batch, h_0, w_0, filters]``.
+  """
+
+  def __init__(self, filters: int, num_inputs: int, activation: str, **kwargs):
+    super().__init__(**kwargs)
+    self._act = conv.get_activation(activation)
+    self._projections = [conv.ConvBN(filters, 1, name=f"proj{i}") for i in range(num_inputs)]
+
+  def call(self, inputs: Sequence[tf.Tensor], size, training=None) -> tf.Tensor:
+    out = 0.0
+    for x, proj in zip(inputs, self._projections):
+      x = proj(self._act(x), training=training)
+      out = out + utils.resize_bilinear(x, size)
+    return out
+
+
+@gin.configurable
+class KMaXPixelDecoder(keras.layers.Layer):
+  """Pixel decoder of kMaX-DeepLab (ReMaX Tab. 12: block counts per stride).
+
+  Stage ``i`` runs at ``strides[i]``: it fuses the previous (coarser) stage's output
+  with the layer-normalised encoder endpoint at that stride, then applies
+  ``num_blocks[i]`` residual blocks of width ``filters[i] * expansion``.
+
+  Input: encoder endpoints ``{"stride<s>": [batch, H/s, W/s, c_s]}``.
+  Output: ``{"stride<s>": [batch, H/s, W/s, filters_s * expansion]}`` for each stage,
+  non-activated (consumers activate).
+
+  Args:
+    strides: decoder strides, coarse to fine, e.g. (32, 16, 8, 4).
+    num_blocks: residual blocks per stage.
+    filters: bottleneck width per stage (output width is ``filters * expansion``).
+    block_types: "bottleneck" per stage ("axial" arrives with axial attention).
+    expansion: bottleneck expansion.
+    activation: activation function.
+    drop_path_rate: drop path of the residual blocks.
+  """
+
+  def __init__(self, strides: Sequence[int] = (32, 16, 8, 4),
+               num_blocks: Sequence[int] = (1, 5, 1, 1),
+               filters: Sequence[int] = (512, 256, 128, 64),
+               block_types: Sequence[str] = ("bottleneck",) * 4,
+               expansion: int = 4, activation: str = "gelu",
+               drop_path_rate: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    if not len(strides) == len(num_blocks) == len(filters) == len(block_types):
+      raise ValueError("KMaXPixelDecoder: strides, num_blocks, filters and block_types "
+                       f"must have one entry per stage, got {strides}, {num_blocks}, "
+                       f"{filters}, {block_types}.")
+    self.strides = tuple(strides)
+    self._norms = [keras.layers.LayerNormalization(epsilon=1e-6, name=f"skip_norm_s{s}")
+                   for s in strides]
+    self._fuses = []
+    self._stages = []
+    for i, (s, n, f, t) in enumerate(zip(strides, num_blocks, filters, block_types)):
+      if t != "bottleneck":
+        raise ValueError(f"KMaXPixelDecoder: unknown block type {t!r} at stride {s}; "
+                         "supported: 'bottleneck'.")
+      self._fuses.append(None if i == 0 else
+                         ResizedFuse(f * expansion, 2, activation, name=f"fuse_s{s}"))
+      self._stages.append([
+          conv.BottleneckBlock(f, expansion, activation, drop_path_rate,
+                               name=f"stage_s{s}_block{j}") for j in range(n)])
+    self.output_channels = {f"stride{s}": f * expansion for s, f in zip(strides, filters)}
+
+  def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
+    outputs = {}
+    x = None
+    for s, norm, fuse, blocks in zip(self.strides, self._norms, self._fuses, self._stages):
+      key = f"stride{s}"
+      if key not in endpoints:
+        raise ValueError(f"KMaXPixelDecoder needs the encoder endpoint {key!r}; "
+                         f"the encoder gives {sorted(endpoints)}.")
+      skip = norm(endpoints[key])
+      x = skip if fuse is None else fuse([skip, x], utils.spatial_size(skip), training=training)
+      for block in blocks:
+        x = block(x, training=training)
+      outputs[key] = x
+    return outputs

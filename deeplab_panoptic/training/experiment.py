@@ -1,0 +1,205 @@
+"""Builds and runs an experiment from gin: train, eval, train_and_eval, export, summary."""
+
+import dataclasses
+import os
+from typing import Callable, Optional, Sequence
+
+import gin
+import orbit
+import tensorflow as tf
+from absl import logging
+
+from deeplab_panoptic import common
+from deeplab_panoptic.data import dataset_info as dataset_info_lib
+from deeplab_panoptic.data import reader
+from deeplab_panoptic.export import saved_model
+from deeplab_panoptic.losses.mask_losses import MaskTransformerLoss
+from deeplab_panoptic.modeling.meta_arch import MaskTransformer
+from deeplab_panoptic.postprocess.panoptic import PixelwisePanopticPostprocessor
+from deeplab_panoptic.training import evaluator as evaluator_lib
+from deeplab_panoptic.training import files
+from deeplab_panoptic.training import model_summary
+from deeplab_panoptic.training import strategies
+from deeplab_panoptic.training import trainer as trainer_lib
+from deeplab_panoptic.training.optimizers import OptimizerGroup
+
+MODES = ("train", "eval", "train_and_eval", "continuous_eval", "export", "summary")
+
+
+@gin.configurable
+@dataclasses.dataclass
+class ExperimentConfig:
+  """What to run, from gin.
+
+  Attributes:
+    train_file_pattern: TFRecords of the training split.
+    eval_file_pattern: TFRecords of the evaluation split.
+    train_batch_size: global training batch size.
+    eval_batch_size: global evaluation batch size.
+    train_steps: total training steps.
+    steps_per_loop: steps between console/TensorBoard summaries.
+    checkpoint_interval: steps between checkpoints.
+    eval_interval: steps between evaluations in train_and_eval (None: at the end).
+    max_checkpoints: checkpoints kept.
+    eval_input_size: model input (H, W) at evaluation, export and for gmacs.
+    jit_compile: compile the training step with XLA (needs the "tpu" matcher).
+    prepare_data: optional callable run before anything reads data (the shapes
+      quickstart generates its dataset here when missing).
+    continuous_eval_timeout: seconds continuous_eval waits for a new checkpoint.
+  """
+  train_file_pattern: Optional[str] = None
+  eval_file_pattern: Optional[str] = None
+  train_batch_size: int = 16
+  eval_batch_size: int = 16
+  train_steps: int = 1000
+  steps_per_loop: int = 100
+  checkpoint_interval: int = 1000
+  eval_interval: Optional[int] = None
+  max_checkpoints: int = 3
+  eval_input_size: Sequence[int] = (641, 641)
+  jit_compile: bool = False
+  prepare_data: Optional[Callable[[], None]] = None
+  continuous_eval_timeout: int = 3600
+
+
+class Experiment:
+  """Everything one ``main.py`` call needs, built under the strategy."""
+
+  def __init__(self, model_dir: str, mode: str):
+    if mode not in MODES:
+      raise ValueError(f"Unknown --mode={mode!r}; choose one of {', '.join(MODES)}.")
+    self.mode = mode
+    self.model_dir = model_dir
+    self.config = ExperimentConfig()
+    self.info = dataset_info_lib.dataset_info()
+    self.strategy = strategies.build_strategy()
+    with self.strategy.scope():
+      self.model = MaskTransformer()
+      self.postprocessor = PixelwisePanopticPostprocessor(
+          is_thing=self.info.is_thing, label_divisor=self.info.label_divisor,
+          ignore_label=self.info.ignore_label)
+      self._build_model()
+
+  def _build_model(self) -> None:
+    h, w = self.config.eval_input_size
+    self.model(tf.zeros([1, h, w, 3]), training=True)  # Creates every variable.
+    logits = self.model(tf.zeros([1, h, w, 3]), training=False)[common.PRED_CLASS_LOGITS]
+    if logits.shape[-1] != self.info.num_classes + 1:
+      raise ValueError(
+          f"The model predicts {logits.shape[-1] - 1} classes but dataset "
+          f"{self.info.name!r} has {self.info.num_classes}: set NUM_CLASSES in the gin file.")
+
+  # --------------------------------------------------------------------------
+  def summary(self) -> dict:
+    counts = model_summary.parameter_counts(self.model)
+    macs = model_summary.count_macs(self.model, tuple(self.config.eval_input_size))
+    counts["gmacs"] = macs / 1e9
+    return counts
+
+  def _prepare_data(self) -> None:
+    if self.config.prepare_data is not None:
+      self.config.prepare_data()
+
+  def _dataset(self, training: bool):
+    cfg = self.config
+    pattern = cfg.train_file_pattern if training else cfg.eval_file_pattern
+    if not pattern:
+      raise ValueError(f"ExperimentConfig.{'train' if training else 'eval'}_file_pattern "
+                       "is not set in the gin files.")
+    if not tf.io.gfile.glob(pattern):
+      raise FileNotFoundError(f"No files match {pattern!r} "
+                              f"(ExperimentConfig.{'train' if training else 'eval'}_file_pattern).")
+    with gin.config_scope("train" if training else "eval"):
+      ds = reader.build_dataset(
+          file_pattern=pattern, dataset_info=self.info, is_training=training,
+          batch_size=cfg.train_batch_size if training else cfg.eval_batch_size)
+    return self.strategy.experimental_distribute_dataset(ds)
+
+  def _optimizer(self) -> OptimizerGroup:
+    backbone = self.model.pixel_encoder.trainable_variables
+    ids = {id(v) for v in backbone}
+    others = [v for v in self.model.trainable_variables if id(v) not in ids]
+    with self.strategy.scope():
+      return OptimizerGroup(backbone, others)
+
+  def _loss(self):
+    return MaskTransformerLoss()
+
+  def _checkpoint(self, optimizer: Optional[OptimizerGroup], global_step: tf.Variable):
+    items = {"model": self.model}
+    if optimizer is not None:
+      items.update(optimizer.checkpoint_items())
+    checkpoint = tf.train.Checkpoint(global_step=global_step, **items)
+    return tf.train.CheckpointManager(
+        checkpoint, self.model_dir, max_to_keep=self.config.max_checkpoints,
+        step_counter=global_step, checkpoint_interval=self.config.checkpoint_interval)
+
+  def _evaluator(self, global_step: tf.Variable) -> evaluator_lib.PanopticEvaluator:
+    return evaluator_lib.PanopticEvaluator(
+        self.strategy, self.model, self.postprocessor, self._dataset(False), self.info,
+        self.model_dir, global_step)
+
+  def write_operative_config(self) -> None:
+    files.write_text_atomic(os.path.join(self.model_dir, "operative_config.gin"),
+                            gin.operative_config_str())
+
+  # --------------------------------------------------------------------------
+  def run(self) -> Optional[dict]:
+    cfg = self.config
+    if self.mode == "summary":
+      return self.summary()
+    tf.io.gfile.makedirs(self.model_dir)
+    self._prepare_data()
+    if self.mode in ("train", "train_and_eval"):
+      optimizer = self._optimizer()
+      global_step = optimizer.iterations
+      train_ds = self._dataset(True)
+      trainer = trainer_lib.PanopticTrainer(
+          self.strategy, self.model, self._loss(), optimizer, train_ds,
+          cfg.train_batch_size, cfg.train_steps, jit_compile=cfg.jit_compile)
+      evaluator = self._evaluator(global_step) if self.mode == "train_and_eval" else None
+      manager = self._checkpoint(optimizer, global_step)
+      controller = orbit.Controller(
+          strategy=self.strategy, trainer=trainer, evaluator=evaluator,
+          global_step=global_step, steps_per_loop=cfg.steps_per_loop,
+          checkpoint_manager=manager, summary_interval=cfg.steps_per_loop,
+          summary_dir=os.path.join(self.model_dir, "train"),
+          eval_summary_dir=os.path.join(self.model_dir, "eval"))
+      self.write_operative_config()
+      if evaluator is None:
+        controller.train(cfg.train_steps)
+      else:
+        controller.train_and_evaluate(cfg.train_steps, eval_steps=-1,
+                                      eval_interval=cfg.eval_interval or cfg.train_steps)
+      manager.save(checkpoint_number=global_step, check_interval=False)
+      self.write_operative_config()
+      return evaluator.last_results if evaluator is not None else None
+    global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    manager = self._checkpoint(None, global_step)
+    if self.mode == "export":
+      self._restore(manager)
+      module = saved_model.PanopticExportModule(self.model, self.postprocessor)
+      path = saved_model.export_saved_model(module, os.path.join(self.model_dir, "export"))
+      print(f"export | step {int(global_step.numpy())} | SavedModel written to {path}",
+            flush=True)
+      return {"export_dir": path}
+    evaluator = self._evaluator(global_step)
+    controller = orbit.Controller(
+        strategy=self.strategy, evaluator=evaluator, global_step=global_step,
+        checkpoint_manager=manager, eval_summary_dir=os.path.join(self.model_dir, "eval"))
+    if self.mode == "eval":
+      self._restore(manager)
+      controller.evaluate(steps=-1)
+    else:
+      controller.evaluate_continuously(steps=-1, timeout=cfg.continuous_eval_timeout)
+    self.write_operative_config()
+    return evaluator.last_results
+
+  def _restore(self, manager: tf.train.CheckpointManager) -> None:
+    path = manager.latest_checkpoint
+    if path is None:
+      raise FileNotFoundError(f"No checkpoint in {self.model_dir}: train first "
+                              "(--mode=train or train_and_eval).")
+    # Only the model (and step) are needed: optimizer slots are left unread.
+    manager.checkpoint.restore(path).expect_partial()
+    logging.info("Restored %s", path)
