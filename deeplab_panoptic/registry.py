@@ -10,3 +10,8 @@ from deeplab_panoptic.modeling.transformer_decoders import kmax as kmax_transfor
 from deeplab_panoptic.training import experiment
 from deeplab_panoptic.training import optimizers
 from deeplab_panoptic.training import strategies
+from deeplab_panoptic.data import convert
+from deeplab_panoptic.data import reader
+from deeplab_panoptic.export import saved_model
+from deeplab_panoptic.losses import mask_losses
+from deeplab_panoptic.postprocess import panoptic

@@ -9,34 +9,39 @@ import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic import common
+from deeplab_panoptic.data import preprocessing
 
 
 def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int]):
-  """Resizes images down to fit ``input_size`` (keeping aspect) and pads with 0.
+  """The evaluation preprocessing of the reader, on a batch of same-size images.
 
-  This is the evaluation preprocessing of the reader: images are normalised to
-  [-1, 1], shrunk only when larger than the input size, and padded bottom/right.
+  Images larger than ``input_size`` are shrunk bilinearly (keeping the aspect
+  ratio, with the same float32 arithmetic as ``preprocessing.resize_to_fit``),
+  padded bottom/right with raw value 127.5 and normalised to [-1, 1].
 
   Args:
     images: uint8 ``[batch, height, width, 3]``.
     input_size: static ``(H, W)`` of the model input.
 
   Returns:
-    ``(padded [batch, H, W, 3] float32, (resized_height, resized_width))``.
+    ``(inputs [batch, H, W, 3] float32, (resized_height, resized_width))``.
   """
-  h = tf.shape(images)[1]
-  w = tf.shape(images)[2]
-  scale = tf.minimum(1.0, tf.minimum(input_size[0] / tf.cast(h, tf.float64),
-                                     input_size[1] / tf.cast(w, tf.float64)))
-  rh = tf.cast(tf.round(tf.cast(h, tf.float64) * scale), tf.int32)
-  rw = tf.cast(tf.round(tf.cast(w, tf.float64) * scale), tf.int32)
+  height, width = input_size
   x = tf.cast(images, tf.float32)
-  x = tf.cond(scale < 1.0,
-              lambda: tf.image.resize(x, tf.stack([rh, rw]), method="bilinear"),
-              lambda: x)
-  x = x / 127.5 - 1.0
-  x = tf.image.pad_to_bounding_box(x, 0, 0, input_size[0], input_size[1])
-  return tf.ensure_shape(x, [None, input_size[0], input_size[1], 3]), (rh, rw)
+  fshape = tf.cast(tf.shape(images)[1:3], tf.float32)
+  factor = tf.minimum(height / fshape[0], width / fshape[1])
+
+  def shrink():
+    size = tf.cast(tf.round(fshape * factor), tf.int32)
+    size = tf.clip_by_value(size, 1, tf.constant([height, width]))
+    return tf.image.resize(x, size, method=tf.image.ResizeMethod.BILINEAR)
+
+  x = tf.cond(factor < 1.0, shrink, lambda: x)
+  rh, rw = tf.shape(x)[1], tf.shape(x)[2]
+  x = tf.pad(x, [[0, 0], [0, height - rh], [0, width - rw], [0, 0]],
+             constant_values=preprocessing.IMAGE_PAD_VALUE)
+  x = preprocessing.normalize_image(x)
+  return tf.ensure_shape(x, [None, height, width, 3]), (rh, rw)
 
 
 @gin.configurable(denylist=["model", "postprocessor"])

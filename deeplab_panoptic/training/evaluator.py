@@ -33,7 +33,7 @@ def restore_original_resolution(panoptic: np.ndarray, resized_hw, original_hw) -
   if (h, w) == (int(original_hw[0]), int(original_hw[1])):
     return valid
   # Nearest resize on 32-bit ids through PIL's mode "I".
-  img = Image.fromarray(valid.astype(np.int32), mode="I")
+  img = Image.fromarray(valid.astype(np.int32))
   img = img.resize((int(original_hw[1]), int(original_hw[0])), Image.NEAREST)
   return np.asarray(img, dtype=np.int32)
 
@@ -90,6 +90,8 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       arrays = {k: np.asarray(v[replica]) for k, v in local.items()}
       for i in range(arrays["panoptic"].shape[0]):
         oh, ow = int(arrays["original_height"][i]), int(arrays["original_width"][i])
+        if oh == 0:
+          continue  # A padding example that completes the last batch.
         pred = restore_original_resolution(
             arrays["panoptic"][i], (arrays["resized_height"][i], arrays["resized_width"][i]),
             (oh, ow))

@@ -1,0 +1,275 @@
+"""The TFRecord schema: one ``tf.train.Example`` per image, see docs/data_format.md.
+
+Features:
+
+================================  =======  =====================================
+key                               type     value
+================================  =======  =====================================
+``image/encoded``                 bytes    the image file (PNG or JPEG), RGB.
+``image/format``                  bytes    ``png`` or ``jpeg``.
+``image/filename``                bytes    source file name, no directory.
+``image/height``                  int64    image height in pixels.
+``image/width``                   int64    image width in pixels.
+``image/panoptic/encoded``        bytes    the label as an RGB PNG (see below);
+                                           empty for an unlabelled image.
+``image/panoptic/format``         bytes    ``png``.
+``image/panoptic/label_divisor``  int64    label divisor of the stored values.
+``image/panoptic/ignore_label``   int64    semantic id of void pixels.
+================================  =======  =====================================
+
+The label PNG holds ``value = R + 256 * G + 256**2 * B`` (the COCO panoptic
+packing) with ``value = semantic * label_divisor + instance``, where ``semantic``
+is the train id. Void pixels hold ``ignore_label * label_divisor``; a thing pixel
+with instance 0 is crowd.
+"""
+
+import io
+from typing import Dict, Optional, Union
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from deeplab_panoptic import common
+
+IMAGE_ENCODED = "image/encoded"
+IMAGE_FORMAT = "image/format"
+IMAGE_FILENAME = "image/filename"
+IMAGE_HEIGHT = "image/height"
+IMAGE_WIDTH = "image/width"
+PANOPTIC_ENCODED = "image/panoptic/encoded"
+PANOPTIC_FORMAT = "image/panoptic/format"
+PANOPTIC_LABEL_DIVISOR = "image/panoptic/label_divisor"
+PANOPTIC_IGNORE_LABEL = "image/panoptic/ignore_label"
+
+# Extra keys of the dict returned by decode_record (not part of the common
+# contract: only the data pipeline reads them).
+LABEL_DIVISOR = "label_divisor"
+IGNORE_LABEL = "ignore_label"
+HAS_LABEL = "has_label"
+
+# Largest value the 3-channel label PNG can hold.
+MAX_PANOPTIC_VALUE = 256 ** 3 - 1
+
+_IMAGE_FORMATS = ("png", "jpeg")
+# File signatures, checked before decoding so that garbage bytes give an error
+# that names the record instead of a bare decoder message.
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64_feature(value: int) -> tf.train.Feature:
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """Encodes a uint8 [H, W, 3] (or [H, W]) array as PNG bytes."""
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=6)
+  return buf.getvalue()
+
+
+def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
+  """Packs an int [H, W] panoptic label into RGB PNG bytes (R + 256G + 256^2B).
+
+  Raises:
+    ValueError: if the label is not 2-D or holds values outside [0, 256**3).
+  """
+  panoptic = np.asarray(panoptic)
+  if panoptic.ndim != 2 or not np.issubdtype(panoptic.dtype, np.integer):
+    raise ValueError(f"Panoptic label must be an integer [H, W] array, got "
+                     f"{panoptic.dtype} {panoptic.shape}.")
+  if panoptic.size and (panoptic.min() < 0 or panoptic.max() > MAX_PANOPTIC_VALUE):
+    raise ValueError(f"Panoptic label values must lie in [0, {MAX_PANOPTIC_VALUE}], "
+                     f"got [{panoptic.min()}, {panoptic.max()}].")
+  value = panoptic.astype(np.uint32)
+  rgb = np.stack([value & 255, (value >> 8) & 255, (value >> 16) & 255], axis=-1)
+  return encode_png(rgb.astype(np.uint8))
+
+
+def decode_panoptic_png(png: bytes) -> np.ndarray:
+  """Inverse of :func:`encode_panoptic_png` (numpy, for tools and tests).
+
+  Returns:
+    int32 [H, W].
+  """
+  rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int32)
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def make_example(image_bytes: bytes, image_format: str, file_name: str, height: int,
+                 width: int, panoptic: Optional[np.ndarray], label_divisor: int,
+                 ignore_label: int) -> tf.train.Example:
+  """Builds the record of one image.
+
+  Args:
+    image_bytes: the encoded image file (PNG or JPEG).
+    image_format: ``png`` or ``jpeg`` (``jpg`` is accepted and stored as ``jpeg``).
+    file_name: source file name; only its base name is stored.
+    height: image height.
+    width: image width.
+    panoptic: int [height, width] label, ``semantic * label_divisor + instance``,
+      or None for an unlabelled image.
+    label_divisor: label divisor of ``panoptic``.
+    ignore_label: semantic id of void pixels.
+
+  Returns:
+    The ``tf.train.Example``.
+
+  Raises:
+    ValueError: on an unknown format, or a label whose size differs from the image.
+  """
+  image_format = image_format.lower()
+  if image_format == "jpg":
+    image_format = "jpeg"
+  if image_format not in _IMAGE_FORMATS:
+    raise ValueError(f"{file_name}: image format {image_format!r} is not one of "
+                     f"{_IMAGE_FORMATS}.")
+  if panoptic is not None:
+    if tuple(np.shape(panoptic)) != (height, width):
+      raise ValueError(f"{file_name}: panoptic label has shape {np.shape(panoptic)}, "
+                       f"the image is {height}x{width}.")
+    try:
+      panoptic_bytes = encode_panoptic_png(panoptic)
+    except ValueError as e:
+      raise ValueError(f"{file_name}: {e}") from e
+  else:
+    panoptic_bytes = b""
+  base_name = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+  feature = {
+      IMAGE_ENCODED: _bytes_feature(image_bytes),
+      IMAGE_FORMAT: _bytes_feature(image_format.encode()),
+      IMAGE_FILENAME: _bytes_feature(base_name.encode()),
+      IMAGE_HEIGHT: _int64_feature(height),
+      IMAGE_WIDTH: _int64_feature(width),
+      PANOPTIC_ENCODED: _bytes_feature(panoptic_bytes),
+      PANOPTIC_FORMAT: _bytes_feature(b"png"),
+      PANOPTIC_LABEL_DIVISOR: _int64_feature(label_divisor),
+      PANOPTIC_IGNORE_LABEL: _int64_feature(ignore_label),
+  }
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+_FEATURES = {
+    IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
+    IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="png"),
+    IMAGE_FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    PANOPTIC_ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    PANOPTIC_FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="png"),
+    PANOPTIC_LABEL_DIVISOR: tf.io.FixedLenFeature([], tf.int64),
+    PANOPTIC_IGNORE_LABEL: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _starts_with(data: tf.Tensor, magic: bytes) -> tf.Tensor:
+  return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+
+
+def decode_record(serialized: tf.Tensor,
+                  source: Union[tf.Tensor, str] = "",
+                  label_divisor: Optional[int] = None,
+                  ignore_label: Optional[int] = None) -> Dict[str, tf.Tensor]:
+  """Parses and decodes one serialized record (in-graph).
+
+  Cheap checks run in the graph and fail with a message naming the image file
+  and ``source``: the image and label bytes must be PNG/JPEG and PNG, the
+  decoded sizes must equal the stored height and width, and, when given, the
+  stored label divisor and ignore label must equal ``label_divisor`` and
+  ``ignore_label``.
+
+  Args:
+    serialized: string scalar, a serialized ``tf.train.Example``.
+    source: where the record comes from (e.g. the TFRecord path), for messages.
+    label_divisor: expected label divisor, or None to skip the check.
+    ignore_label: expected ignore label, or None to skip the check.
+
+  Returns:
+    A dict with
+      common.IMAGE: uint8 [H, W, 3].
+      common.IMAGE_NAME: string scalar.
+      common.ORIGINAL_HEIGHT, common.ORIGINAL_WIDTH: int32 scalars.
+      common.GT_PANOPTIC: int32 [H, W]; all void
+        (``ignore_label * label_divisor``) for an unlabelled image.
+      LABEL_DIVISOR, IGNORE_LABEL: int32 scalars, as stored.
+      HAS_LABEL: bool scalar, whether the record holds a label.
+  """
+  parsed = tf.io.parse_single_example(serialized, _FEATURES)
+  name = parsed[IMAGE_FILENAME]
+  where = ["Record of image", name, "in", source]
+  height = tf.cast(parsed[IMAGE_HEIGHT], tf.int32)
+  width = tf.cast(parsed[IMAGE_WIDTH], tf.int32)
+  stored_divisor = tf.cast(parsed[PANOPTIC_LABEL_DIVISOR], tf.int32)
+  stored_ignore = tf.cast(parsed[PANOPTIC_IGNORE_LABEL], tf.int32)
+  image_bytes = parsed[IMAGE_ENCODED]
+  label_bytes = parsed[PANOPTIC_ENCODED]
+  has_label = tf.strings.length(label_bytes) > 0
+
+  checks = [
+      tf.debugging.Assert(
+          tf.logical_or(_starts_with(image_bytes, _PNG_MAGIC),
+                        _starts_with(image_bytes, _JPEG_MAGIC)),
+          where + ["is corrupt: image/encoded is neither a PNG nor a JPEG file."]),
+      tf.debugging.Assert(
+          tf.logical_or(tf.logical_not(has_label),
+                        _starts_with(label_bytes, _PNG_MAGIC)),
+          where + ["is corrupt: image/panoptic/encoded is not a PNG file."]),
+      tf.debugging.Assert(
+          tf.logical_and(height > 0, width > 0),
+          where + ["has a non-positive image/height or image/width:", height, width]),
+  ]
+  if label_divisor is not None:
+    checks.append(tf.debugging.Assert(
+        tf.equal(stored_divisor, label_divisor),
+        where + ["has label divisor", stored_divisor, "but the dataset uses",
+                 label_divisor]))
+  if ignore_label is not None:
+    checks.append(tf.debugging.Assert(
+        tf.equal(stored_ignore, ignore_label),
+        where + ["has ignore label", stored_ignore, "but the dataset uses",
+                 ignore_label]))
+
+  with tf.control_dependencies(checks):
+    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8,
+                               expand_animations=False)
+    label = tf.cond(
+        has_label,
+        lambda: tf.cast(tf.io.decode_png(label_bytes, channels=3, dtype=tf.uint8),
+                        tf.int32),
+        lambda: tf.zeros([height, width, 3], tf.int32))
+  image_shape = tf.shape(image)
+  label_shape = tf.shape(label)
+  size_checks = [
+      tf.debugging.Assert(
+          tf.logical_and(tf.equal(image_shape[0], height),
+                         tf.equal(image_shape[1], width)),
+          where + ["stores size", height, width, "but its image decodes to",
+                   image_shape[0], image_shape[1]]),
+      tf.debugging.Assert(
+          tf.logical_and(tf.equal(label_shape[0], height),
+                         tf.equal(label_shape[1], width)),
+          where + ["stores size", height, width, "but its panoptic label decodes to",
+                   label_shape[0], label_shape[1]]),
+  ]
+  with tf.control_dependencies(size_checks):
+    panoptic = label[..., 0] + 256 * label[..., 1] + 65536 * label[..., 2]
+    void = stored_ignore * stored_divisor
+    panoptic = tf.where(has_label, panoptic, void)
+    image = tf.identity(image)
+  image.set_shape([None, None, 3])
+  panoptic.set_shape([None, None])
+  return {
+      common.IMAGE: image,
+      common.IMAGE_NAME: name,
+      common.ORIGINAL_HEIGHT: height,
+      common.ORIGINAL_WIDTH: width,
+      common.GT_PANOPTIC: panoptic,
+      LABEL_DIVISOR: stored_divisor,
+      IGNORE_LABEL: stored_ignore,
+      HAS_LABEL: has_label,
+  }

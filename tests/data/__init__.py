@@ -1,0 +1,1 @@
+"""Tests of deeplab_panoptic.data."""
