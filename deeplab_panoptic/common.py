@@ -34,6 +34,8 @@ GT_CLASSES = "gt_classes"              # int32 [B, K] class of each mask, -1 for
 GT_IS_THING = "gt_is_thing"            # bool  [B, K] whether each mask is a thing.
 GT_SEMANTIC_WEIGHT = "gt_semantic_weight"  # float32 [B, H, W] per-pixel semantic loss
                                            #   weight (0 at void and padding).
+GT_CROWD = "gt_crowd"                  # bool  [B, H, W] crowd pixels (thing class,
+                                       #   instance 0): semantic class kept, no mask.
 # For exact evaluation at the original resolution (eval batches only).
 GT_PANOPTIC_ORIGINAL = "gt_panoptic_original"  # int32 [B, Hmax, Wmax], original
                                                #   resolution, padded with void.
@@ -48,6 +50,15 @@ PRED_SEMANTIC_LOGITS = "pred_semantic_logits"  # float32 [B, hs, ws, num_classes
 AUX_OUTPUTS = "aux_outputs"                    # list of dicts with the three keys above
                                                #   (class, mask, pixel embedding), one per
                                                #   transformer-decoder layer.
+# Training-only outputs of some model families (any output dict, final or aux):
+PRED_STAGE_SEMANTIC_LOGITS = "pred_stage_semantic_logits"  # float32 [B, hs, ws, num_classes]
+                                               #   ReMaX per-stage semantic logits (ReMask).
+PRED_REFERENCE_POINTS = "pred_reference_points"  # float32 [B, N, M, 2] CMT reference-mask
+                                               #   points, (y, x) in [0, 1].
+PRED_LOCATION_CENTER = "pred_location_center"  # float32 [B, N, 2] P-SegFormer mask centre,
+                                               #   (y, x) in [0, 1].
+PRED_LOCATION_SCALE = "pred_location_scale"    # float32 [B, N, S] P-SegFormer mask scale
+                                               #   (S = 2: box (h, w) / image; S = 1: area).
 
 # ----------------------------------------------------------------------------
 # Panoptic inference outputs (postprocess), at the model input resolution.
@@ -68,3 +79,8 @@ LOSS_PQ_DICE = "pq_dice_loss"
 LOSS_MASK_ID = "mask_id_loss"
 LOSS_INSTANCE_DISCRIMINATION = "instance_discrimination_loss"
 LOSS_SEMANTIC = "semantic_loss"
+LOSS_STAGE_SEMANTIC = "stage_semantic_loss"    # ReMaX per-stage semantic loss.
+LOSS_MASK_APPROXIMATION = "mask_approximation_loss"  # CMT eq. 13.
+LOSS_FOCAL_CLASS = "focal_class_loss"          # Panoptic SegFormer.
+LOSS_DICE = "dice_loss"                        # Panoptic SegFormer.
+LOSS_LOCATION = "location_loss"                # Panoptic SegFormer eq. 4.

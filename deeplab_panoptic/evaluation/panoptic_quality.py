@@ -21,10 +21,16 @@ image by image, on labels in this library's encoding
   out of the averages over All / Things / Stuff.
 
 The state is four plain per-class arrays, so accumulators from replicas or
-hosts combine by addition (:meth:`PanopticQuality.merge`).
+hosts combine by addition (:meth:`PanopticQuality.merge`). Fed image by image in
+one order, the accumulator reproduces panopticapi's single-process numbers bit
+for bit (IoUs are added one match at a time, class averages are summed left to
+right); merged states agree to float rounding of the IoU sums (counts exactly).
+
+The per-image core, :func:`segment_statistics`, works on segment tables and is
+shared with the COCO-format evaluator :mod:`deeplab_panoptic.evaluation.coco_pq`.
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +41,151 @@ _MATCH_IOU = 0.5
 # An unmatched prediction is not a false positive when strictly more than this
 # fraction of it lies on VOID and same-class crowd pixels.
 _IGNORED_FRACTION = 0.5
+
+
+# np.bincount over the label range is used to index labels when the range is at
+# most this many values (a few MB of counts); np.unique (a sort) otherwise.
+_MAX_BINCOUNT_RANGE = 1 << 22
+
+
+class ImageStatistics(NamedTuple):
+  """Panoptic-quality statistics of one image.
+
+  Attributes:
+    tp: int64 [num_classes], matched segments.
+    fp: int64 [num_classes], unmatched predictions that count.
+    fn: int64 [num_classes], unmatched non-crowd ground-truth segments.
+    match_classes: int64 [M], class of each match, in (GT id, predicted id) order.
+    match_ious: float64 [M], IoU of each match, same order.
+  """
+  tp: np.ndarray
+  fp: np.ndarray
+  fn: np.ndarray
+  match_classes: np.ndarray
+  match_ious: np.ndarray
+
+
+def _sequential_sum(values: np.ndarray) -> float:
+  """Left-to-right float sum (panopticapi's ``+=`` loop; np.sum is pairwise)."""
+  total = 0.0
+  for v in values.tolist():
+    total += v
+  return total
+
+
+def _index_labels(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Distinct labels with, per pixel, the index of its label; like np.unique.
+
+  A bincount over the label range replaces np.unique's sort when the range is
+  small (panoptic labels are ``class * label_divisor + instance``): the cost is
+  O(pixels) instead of O(pixels log pixels).
+
+  Args:
+    labels: int64 [P].
+
+  Returns:
+    ids int64 [S] ascending, inverse intp [P] (``ids[inverse] == labels``),
+    counts int64 [S].
+  """
+  lo, hi = int(labels.min()), int(labels.max())
+  if hi - lo >= _MAX_BINCOUNT_RANGE:
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return ids, inverse.reshape(-1), counts
+  shifted = labels - lo if lo else labels
+  counts = np.bincount(shifted, minlength=hi - lo + 1)
+  present = np.flatnonzero(counts)
+  lookup = np.zeros(hi - lo + 1, np.intp)
+  lookup[present] = np.arange(present.size)
+  return present + lo, lookup[shifted], counts[present]
+
+
+def confusion_pairs(gt_index: np.ndarray, pred_index: np.ndarray, num_gt: int,
+                    num_pred: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Overlapping (GT segment, predicted segment) pairs and their intersections.
+
+  Args:
+    gt_index: int [P], the ground-truth segment index of each pixel, in [0, num_gt).
+    pred_index: int [P], the predicted segment index of each pixel, in [0, num_pred).
+    num_gt: number of ground-truth segments (void included).
+    num_pred: number of predicted segments (void included).
+
+  Returns:
+    pair_gt [Q], pair_pred [Q], intersection [Q] (int64), the pairs that share
+    pixels, sorted by (GT index, predicted index).
+  """
+  key = gt_index.astype(np.int64, copy=False) * num_pred + pred_index
+  counts = np.bincount(key, minlength=num_gt * num_pred)
+  pairs = np.flatnonzero(counts)
+  return pairs // num_pred, pairs % num_pred, counts[pairs].astype(np.int64)
+
+
+def segment_statistics(pair_gt: np.ndarray, pair_pred: np.ndarray, pair_inter: np.ndarray,
+                       gt_classes: np.ndarray, gt_areas: np.ndarray, gt_void: np.ndarray,
+                       gt_crowd: np.ndarray, gt_crowd_region: np.ndarray,
+                       pred_classes: np.ndarray, pred_areas: np.ndarray,
+                       pred_void: np.ndarray, num_classes: int) -> ImageStatistics:
+  """panopticapi's per-image PQ statistics, vectorised over segments.
+
+  Works on segment tables, so it serves both label maps in this library's
+  encoding (:class:`PanopticQuality`) and COCO panoptic PNG + segments_info
+  (:mod:`deeplab_panoptic.evaluation.coco_pq`). Segment indices must follow the
+  segment ids' order (VOID first) for the matches to come out in panopticapi's
+  order.
+
+  Args:
+    pair_gt: int [Q], GT segment index of each overlapping pair.
+    pair_pred: int [Q], predicted segment index of each pair.
+    pair_inter: int64 [Q], pixels the pair shares; pairs sorted by (gt, pred).
+    gt_classes: int [Sg], class index of each GT segment (any value where void).
+    gt_areas: int64 [Sg], the area panopticapi uses in the union (COCO: the JSON
+      ``area``).
+    gt_void: bool [Sg], VOID (COCO id 0): left out of unions and matching.
+    gt_crowd: bool [Sg], crowd segments: never matched, never false negatives.
+    gt_crowd_region: bool [Sg], the crowd segments whose pixels excuse an
+      unmatched prediction of their class (panopticapi: the last crowd segment
+      of each class in segments_info order).
+    pred_classes: int [Sp], class index of each predicted segment (any where void).
+    pred_areas: int64 [Sp], pixels of each predicted segment.
+    pred_void: bool [Sp], unlabelled prediction (COCO id 0).
+    num_classes: C.
+
+  Returns:
+    The image's :class:`ImageStatistics`.
+  """
+  num_pred = pred_areas.size
+  gt_cls = gt_classes[pair_gt]
+  pr_cls = pred_classes[pair_pred]
+  same_class = gt_cls == pr_cls
+
+  # |pred ∩ VOID| and |pred ∩ crowd region of the prediction's class|.
+  on_void = gt_void[pair_gt]
+  void_inter = np.bincount(pair_pred[on_void], weights=pair_inter[on_void],
+                           minlength=num_pred).astype(np.int64)
+  on_crowd = gt_crowd_region[pair_gt] & same_class & ~on_void
+  crowd_inter = np.bincount(pair_pred[on_crowd], weights=pair_inter[on_crowd],
+                            minlength=num_pred).astype(np.int64)
+
+  # Matching: GT neither void nor crowd, prediction not void, same class.
+  cand = ~on_void & ~gt_crowd[pair_gt] & ~pred_void[pair_pred] & same_class
+  cg, cp, ci = pair_gt[cand], pair_pred[cand], pair_inter[cand]
+  union = pred_areas[cp] + gt_areas[cg] - ci - void_inter[cp]
+  iou = ci / union
+  match = iou > _MATCH_IOU
+  mg, mp = cg[match], cp[match]
+  match_classes = gt_classes[mg].astype(np.int64)
+  tp = np.bincount(match_classes, minlength=num_classes).astype(np.int64)
+
+  gt_matched = np.zeros(gt_areas.size, bool)
+  gt_matched[mg] = True
+  pred_matched = np.zeros(num_pred, bool)
+  pred_matched[mp] = True
+  fn_mask = ~gt_void & ~gt_crowd & ~gt_matched
+  fn = np.bincount(gt_classes[fn_mask], minlength=num_classes).astype(np.int64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    ignored = (void_inter + crowd_inter) / pred_areas > _IGNORED_FRACTION
+  fp_mask = ~pred_void & ~pred_matched & ~ignored
+  fp = np.bincount(pred_classes[fp_mask], minlength=num_classes).astype(np.int64)
+  return ImageStatistics(tp, fp, fn, match_classes, iou[match])
 
 
 class PanopticQuality:
@@ -168,18 +319,34 @@ class PanopticQuality:
         g, p = g[:h, :w], p[:h, :w]
       self._update_image(g, p)
 
+  def add_statistics(self, stats: "ImageStatistics") -> None:
+    """Adds the statistics of one image (from :func:`segment_statistics`).
+
+    The IoUs of the matches are added one at a time, in the order given, so an
+    accumulator fed image by image sums exactly as panopticapi's single-process
+    ``pq_compute`` does (same floating-point result, bit for bit).
+
+    Args:
+      stats: per-image counts and matches.
+    """
+    self.tp += stats.tp
+    self.fp += stats.fp
+    self.fn += stats.fn
+    # np.add.at is unbuffered and goes through the matches in order.
+    np.add.at(self.iou_sum, stats.match_classes, stats.match_ious)
+
   def _segments(self, labels: np.ndarray, name: str):
-    """Unique panoptic ids with their areas, classes and void flags.
+    """Panoptic ids present in one image, with areas, classes and void flags.
 
     Args:
       labels: int64 [P] panoptic labels of one image.
       name: "ground truth" or "prediction", for messages.
 
     Returns:
-      ids [S], inverse [P] (index into ids per pixel), areas [S], classes [S],
-      void [S].
+      ids [S] (ascending), inverse [P] (index into ids per pixel), areas [S],
+      classes [S], void [S].
     """
-    ids, inverse, areas = np.unique(labels, return_inverse=True, return_counts=True)
+    ids, inverse, areas = _index_labels(labels)
     classes = ids // self.label_divisor
     void = classes == self.ignore_label
     bad = ~void & ((ids < 0) | (classes >= self.num_classes))
@@ -189,52 +356,28 @@ class PanopticQuality:
           f"{ids[bad][:5].tolist()} whose class is neither a train id "
           f"(< {self.num_classes}) nor ignore_label ({self.ignore_label}), "
           f"with label_divisor {self.label_divisor}.")
-    return ids, inverse.reshape(-1), areas, classes, void
+    return ids, inverse, areas, classes, void
 
   def _update_image(self, gt: np.ndarray, pred: np.ndarray) -> None:
     """Accumulates one image; gt and pred are [H, W] panoptic labels."""
-    gt = gt.astype(np.int64).reshape(-1)
-    pred = pred.astype(np.int64).reshape(-1)
+    gt = gt.astype(np.int64, copy=False).reshape(-1)
+    pred = pred.astype(np.int64, copy=False).reshape(-1)
     if gt.size == 0:
       return
     num_c = self.num_classes
     gt_ids, gt_inv, gt_area, gt_cls, gt_void = self._segments(gt, "ground truth")
     pr_ids, pr_inv, pr_area, pr_cls, pr_void = self._segments(pred, "prediction")
-    gt_crowd = ~gt_void & self.is_thing[np.minimum(gt_cls, num_c - 1)] & (
+    gt_crowd = ~gt_void & self.is_thing[np.clip(gt_cls, 0, num_c - 1)] & (
         gt_ids % self.label_divisor == 0)
-
-    # Confusion between segment indices: one np.unique over a combined key.
-    num_pr = pr_ids.size
-    pairs, inter = np.unique(gt_inv * num_pr + pr_inv, return_counts=True)
-    pg, pp = pairs // num_pr, pairs % num_pr
-
-    # |pred ∩ VOID| and |pred ∩ crowd of the prediction's class| per prediction.
-    on_void = gt_void[pg]
-    void_inter = np.bincount(pp[on_void], weights=inter[on_void], minlength=num_pr)
-    on_crowd = gt_crowd[pg] & (gt_cls[pg] == pr_cls[pp])
-    crowd_inter = np.bincount(pp[on_crowd], weights=inter[on_crowd], minlength=num_pr)
-
-    # Matching: GT neither void nor crowd, prediction not void, same class.
-    cand = (~gt_void[pg] & ~gt_crowd[pg] & ~pr_void[pp] & (gt_cls[pg] == pr_cls[pp]))
-    cg, cp, ci = pg[cand], pp[cand], inter[cand]
-    union = pr_area[cp] + gt_area[cg] - ci - void_inter[cp]
-    iou = ci / union
-    match = iou > _MATCH_IOU
-    mg, mp, miou = cg[match], cp[match], iou[match]
-    self.tp += np.bincount(gt_cls[mg], minlength=num_c).astype(np.int64)
-    self.iou_sum += np.bincount(gt_cls[mg], weights=miou, minlength=num_c)
-
-    gt_matched = np.zeros(gt_ids.size, bool)
-    gt_matched[mg] = True
-    pr_matched = np.zeros(num_pr, bool)
-    pr_matched[mp] = True
-
-    fn = ~gt_void & ~gt_crowd & ~gt_matched
-    self.fn += np.bincount(gt_cls[fn], minlength=num_c).astype(np.int64)
-
-    ignored = (void_inter + crowd_inter) / pr_area > _IGNORED_FRACTION
-    fp = ~pr_void & ~pr_matched & ~ignored
-    self.fp += np.bincount(pr_cls[fp], minlength=num_c).astype(np.int64)
+    # Void segments get class 0 as a placeholder; every use is masked by the flags.
+    gt_cls = np.where(gt_void, 0, gt_cls)
+    pr_cls = np.where(pr_void, 0, pr_cls)
+    pair_gt, pair_pred, pair_inter = confusion_pairs(gt_inv, pr_inv, gt_ids.size,
+                                                     pr_ids.size)
+    # In this encoding each class has at most one crowd segment (instance 0).
+    self.add_statistics(segment_statistics(
+        pair_gt, pair_pred, pair_inter, gt_cls, gt_area, gt_void, gt_crowd, gt_crowd,
+        pr_cls, pr_area, pr_void, num_c))
 
   def _average(self, select: np.ndarray) -> Dict[str, float]:
     """PQ, SQ, RQ averaged over the selected classes that occur."""
@@ -249,8 +392,8 @@ class PanopticQuality:
     pq = self.iou_sum[present] / denom[present]
     sq = np.where(tp[present] > 0, self.iou_sum[present] / np.maximum(tp[present], 1), 0.0)
     rq = tp[present] / denom[present]
-    return {"pq": float(np.sum(pq) / n), "sq": float(np.sum(sq) / n),
-            "rq": float(np.sum(rq) / n), "n": n}
+    return {"pq": _sequential_sum(pq) / n, "sq": _sequential_sum(sq) / n,
+            "rq": _sequential_sum(rq) / n, "n": n}
 
   def per_class(self) -> Dict[int, Dict[str, float]]:
     """Per train id PQ, SQ, RQ (zeros for classes that never occur)."""

@@ -10,6 +10,14 @@ deeplab2 implements them (see papers/REFERENCE_FACTS.md section 3):
   * Instance discrimination (eq. 16-17) on the normalised pixel embedding.
   * Semantic cross-entropy on the auxiliary semantic head.
 
+`MaskTransformerLoss` also carries the CMT-DeepLab terms (pixel-wise
+contrastive instance discrimination, mask-approximation loss; `cmt.py`), the
+ReMaX relaxations (ReMask with per-stage semantic losses, ReClass; `remax.py`)
+and deep supervision with shared or per-stage matching. The Panoptic SegFormer
+criterion is `panoptic_segformer.PanopticSegFormerLoss`. docs/losses.md says
+how void, crowd, empty images and more ground-truth masks than predictions are
+handled.
+
 Notation for shapes: B batch, H x W ground-truth size, h x w prediction size
 (stride 4), P = h * w pixels, K ground-truth mask slots, N predicted masks,
 C classes (class logits have C + 1 entries, the last one is void / no object),
@@ -21,13 +29,16 @@ matcher (`matching.hungarian_matching(method="scipy")`) is a host call, so
 matching=...)` are separate steps a trainer can compile separately.
 """
 
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (Any, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import gin
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic.losses import cmt
 from deeplab_panoptic.losses import matching as matching_lib
+from deeplab_panoptic.losses import remax
 
 MASK_ACTIVATIONS = ("softmax", "sigmoid")
 NEGATIVE_CLASS_WEIGHTINGS = ("constant", "void_fraction")
@@ -204,7 +215,8 @@ def assignment_matrix(matched: tf.Tensor, present: tf.Tensor,
   """One-hot assignment of present ground-truth masks to predictions.
 
   Args:
-    matched: int32 [B, K] prediction index of each ground-truth slot.
+    matched: int32 [B, K] prediction index of each ground-truth slot, -1
+      for none (gives a zero row).
     present: bool [B, K].
     num_predictions: N.
 
@@ -239,7 +251,8 @@ def pq_class_loss(class_logits: tf.Tensor,
                   matched_dice: tf.Tensor,
                   alpha: float,
                   weight_floor: float,
-                  negative_weights: Optional[tf.Tensor] = None) -> tf.Tensor:
+                  negative_weights: Optional[tf.Tensor] = None,
+                  positive_targets: Optional[tf.Tensor] = None) -> tf.Tensor:
   """Class part of the PQ-style loss (MaX eq. 10 second term, eq. 11, eq. 12).
 
   Every slot gets a softmax cross-entropy; the target is the ground-truth class
@@ -256,6 +269,9 @@ def pq_class_loss(class_logits: tf.Tensor,
     weight_floor: lower bound of the positive weights (and of the negative
       weights when given).
     negative_weights: optional float [B, N] extra weight of each negative.
+    positive_targets: optional float [B, N, C + 1] soft targets replacing the
+      one-hot ground-truth class of the positives (ReMaX ReClass); rows of
+      negatives are ignored.
 
   Returns:
     float [B], per image: weighted cross-entropy summed over slots, / N.
@@ -265,10 +281,13 @@ def pq_class_loss(class_logits: tf.Tensor,
   void_class = num_logits - 1
   positive = tf.reduce_sum(assignment, axis=1)  # [B, N] in {0, 1}.
   negative = 1.0 - positive
-  gt_one_hot = tf.one_hot(gt_classes, num_logits, dtype=tf.float32)
-  target = (tf.einsum("bkn,bkc->bnc", assignment, gt_one_hot) +
-            negative[:, :, tf.newaxis] *
-            tf.one_hot(void_class, num_logits, dtype=tf.float32))
+  gt_one_hot = tf.one_hot(gt_classes, num_logits, dtype=class_logits.dtype)
+  positive_target = tf.einsum("bkn,bkc->bnc", assignment, gt_one_hot)
+  if positive_targets is not None:
+    positive_target = (positive[:, :, tf.newaxis] *
+                       tf.stop_gradient(positive_targets))
+  target = (positive_target + negative[:, :, tf.newaxis] *
+            tf.one_hot(void_class, num_logits, dtype=class_logits.dtype))
   cross_entropy = -tf.reduce_sum(
       target * tf.nn.log_softmax(class_logits, axis=-1), axis=-1)
   dice_weight = tf.maximum(tf.stop_gradient(matched_dice), weight_floor)
@@ -438,7 +457,8 @@ def semantic_loss(semantic_logits: tf.Tensor,
   labels = tf.reshape(resize_nearest(gt_semantic, (height, width)),
                       [-1, height * width])
   weights = tf.reshape(
-      resize_nearest(tf.cast(gt_weight, tf.float32), (height, width)),
+      resize_nearest(tf.cast(gt_weight, semantic_logits.dtype),
+                     (height, width)),
       [-1, height * width])
   # Void labels (e.g. 255) are out of range for the op; their weight is 0.
   labels = tf.where(weights > 0, labels, tf.zeros_like(labels))
@@ -462,9 +482,83 @@ def _resize_bilinear(features: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   return tf.image.resize(features, size, method="bilinear")
 
 
+MATCHING_MODES = ("shared", "per_stage")
+
+
+def require(mapping: Mapping[str, Any], key: str, where: str,
+            owner: str = "MaskTransformerLoss") -> Any:
+  """`mapping[key]`, or a KeyError naming what is missing and where."""
+  if key not in mapping:
+    raise KeyError(f"{owner}: {where} has no {key!r} (keys: {sorted(mapping)}).")
+  return mapping[key]
+
+
+def flat_mask_logits(output: Mapping[str, Any], size: Tuple[int, int],
+                     where: str, owner: str = "MaskTransformerLoss"
+                     ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Class logits [B, N, C+1] and mask logits [B, P, N] resized to `size`."""
+  class_logits = tf.cast(
+      require(output, common.PRED_CLASS_LOGITS, where, owner), tf.float32)
+  mask_logits = tf.cast(
+      require(output, common.PRED_MASK_LOGITS, where, owner), tf.float32)
+  mask_logits = _resize_bilinear(mask_logits, size)
+  return class_logits, tf.reshape(
+      mask_logits, [-1, size[0] * size[1], mask_logits.shape[-1]])
+
+
+def decoder_stages(outputs: Mapping[str, Any]
+                   ) -> List[Tuple[str, Mapping[str, Any]]]:
+  """(loss-name prefix, output dict) of every decoder stage, final last.
+
+  Stage i < len(aux) is `outputs[AUX_OUTPUTS][i]` with prefix "aux_<i>/"; the
+  final output is the last stage, with prefix "".
+  """
+  aux_outputs: Sequence[Mapping[str, Any]] = outputs.get(common.AUX_OUTPUTS,
+                                                         None) or []
+  stages = [(aux_loss_name(index, ""), aux)
+            for index, aux in enumerate(aux_outputs)]
+  return stages + [("", outputs)]
+
+
+def check_matching_mode(mode: str, owner: str) -> None:
+  if mode not in MATCHING_MODES:
+    raise ValueError(f"{owner}.matching_mode must be one of {MATCHING_MODES}, "
+                     f"got {mode!r}.")
+
+
+class _Stage(NamedTuple):
+  """The predictions of one decoder stage, flattened at the loss resolution."""
+  prefix: str
+  where: str
+  output: Mapping[str, Any]
+  class_logits: tf.Tensor   # [B, N, C + 1]
+  mask_logits: tf.Tensor    # [B, P, N], after ReMask where it applies.
+  raw_mask_logits: tf.Tensor  # [B, P, N], before ReMask.
+  semantic_logits: Optional[tf.Tensor]  # [B, hs, ws, C] ReMaX stage logits.
+
+
 @gin.configurable
 class MaskTransformerLoss:
-  """MaX-DeepLab / kMaX-DeepLab loss with deep supervision.
+  """MaX / CMT / kMaX / ReMaX-DeepLab loss with deep supervision.
+
+  Terms (each a function of this package; see docs/losses.md):
+    * PQ-style class and Dice terms (MaX eq. 6-12), mask-ID cross-entropy and
+      the semantic loss: always (weights may be 0).
+    * Instance discrimination: mask-average (MaX eq. 16-17) when
+      `instance_discrimination_sample_k` is 0, else the pixel-wise contrastive
+      loss of CMT-DeepLab eq. 14 on that many pixels sampled with p
+      proportional to area^-T (`cmt.py`).
+    * CMT mask-approximation loss (eq. 13) when
+      `mask_approximation_weight` > 0, on every stage whose dict holds
+      common.PRED_REFERENCE_POINTS (required on the final output).
+    * ReMaX ReMask on the first `remask_num_stages` decoder stages (their dicts
+      must hold common.PRED_STAGE_SEMANTIC_LOGITS), with a per-stage semantic
+      loss of weight `stage_semantic_weight`; ReClass when `reclass_eta` > 0.
+
+  Stages are `outputs[AUX_OUTPUTS]` in order, then the final output. With
+  `matching_mode="shared"` the final output is matched once and that matching
+  serves every stage (deeplab2, kMaX); with "per_stage" every stage is matched
+  on its own predictions (DETR-style).
 
   Usage:
     loss_fn = MaskTransformerLoss()
@@ -476,7 +570,7 @@ class MaskTransformerLoss:
   The returned dict maps common.LOSS_* names (and "aux_<i>/<name>" for the
   auxiliary outputs) to scalars that already include their weights, so
   common.LOSS_TOTAL is the sum of all other entries. Per-image means are
-  averaged over the batch.
+  averaged over the batch. NaN is never replaced.
   """
 
   def __init__(self,
@@ -495,7 +589,14 @@ class MaskTransformerLoss:
                matching_dice_epsilon: float = 1e-5,
                dice_smooth: float = 1.0,
                weight_floor: float = 1e-5,
-               crowd_as_void: bool = False):
+               crowd_as_void: bool = False,
+               matching_mode: str = "shared",
+               instance_discrimination_sample_k: int = 0,
+               instance_discrimination_sample_temperature: float = 1.5,
+               mask_approximation_weight: float = 0.0,
+               remask_num_stages: int = 0,
+               stage_semantic_weight: float = 0.5,
+               reclass_eta: float = 0.0):
     """Initialises the loss.
 
     Args:
@@ -505,43 +606,68 @@ class MaskTransformerLoss:
       instance_discrimination_weight: MaX: 1.0.
       temperature: instance-discrimination tau (MaX: 0.3).
       semantic_weight: weight of the semantic loss on the final output.
-      aux_weight: multiplies every term of every auxiliary output (deeplab2:
-        1.0, full weight).
+      aux_weight: multiplies every per-mask term of every auxiliary output
+        (deeplab2: 1.0, full weight).
       matcher_method: "scipy", "tpu", or None (tpu under TPUStrategy).
       mask_activation: "softmax" over slots (MaX) or "sigmoid" (ReMaX), used by
-        the matching, the Dice term and the mask-ID term.
+        the matching, the Dice term, the mask-ID term and ReClass.
       negative_class_weighting: "constant": negatives weighted 1 - alpha (MaX
         eq. 11-12); "void_fraction": also times the fraction of the slot's soft
         mask lying on void pixels (what deeplab2's code does).
-      instance_discrimination_anchors: "thing" (MaX) or "all" non-void pixels.
-      semantic_top_k_percent: hardest-pixel fraction of the semantic loss.
+      instance_discrimination_anchors: "thing" (MaX) or "all" non-void pixels;
+        mask-average version only (the pixel-wise one samples all labelled
+        pixels, as deeplab2).
+      semantic_top_k_percent: hardest-pixel fraction of the semantic losses.
       matching_dice_epsilon: denominator epsilon of the matching Dice (and of
         the Dice weighting the class term).
       dice_smooth: smoothing of the Dice loss term.
       weight_floor: lower bound of the stop-gradient loss weights.
       crowd_as_void: see `prepare_mask_targets` (deeplab2: False).
+      matching_mode: "shared" (match the final output once, reuse it for every
+        stage) or "per_stage".
+      instance_discrimination_sample_k: 0 for MaX's mask-average instance
+        discrimination, else |A| of CMT's pixel-wise contrastive loss (4096).
+      instance_discrimination_sample_temperature: T of the p ~ area^-T pixel
+        sampling (deeplab2: 1.5 COCO/ADE, 0.6 Cityscapes).
+      mask_approximation_weight: CMT eq. 13 weight (CMT: 1.0; 0 disables).
+      remask_num_stages: ReMaX ReMask on decoder stages [0, this) (ReMaX: 4;
+        0 disables).
+      stage_semantic_weight: weight of each ReMask stage's semantic loss
+        (ReMaX: 0.5).
+      reclass_eta: ReClass eta (ReMaX: 0.1; 0 disables).
     """
+    owner = "MaskTransformerLoss"
     if mask_activation not in MASK_ACTIVATIONS:
-      raise ValueError(f"MaskTransformerLoss.mask_activation must be one of "
+      raise ValueError(f"{owner}.mask_activation must be one of "
                        f"{MASK_ACTIVATIONS}, got {mask_activation!r}.")
     if negative_class_weighting not in NEGATIVE_CLASS_WEIGHTINGS:
-      raise ValueError(f"MaskTransformerLoss.negative_class_weighting must be "
+      raise ValueError(f"{owner}.negative_class_weighting must be "
                        f"one of {NEGATIVE_CLASS_WEIGHTINGS}, got "
                        f"{negative_class_weighting!r}.")
     if instance_discrimination_anchors not in INSTANCE_DISCRIMINATION_ANCHORS:
-      raise ValueError(f"MaskTransformerLoss.instance_discrimination_anchors "
+      raise ValueError(f"{owner}.instance_discrimination_anchors "
                        f"must be one of {INSTANCE_DISCRIMINATION_ANCHORS}, got "
                        f"{instance_discrimination_anchors!r}.")
     if matcher_method not in (None,) + matching_lib.METHODS:
-      raise ValueError(f"MaskTransformerLoss.matcher_method must be one of "
+      raise ValueError(f"{owner}.matcher_method must be one of "
                        f"{matching_lib.METHODS} or None, got "
                        f"{matcher_method!r}.")
+    check_matching_mode(matching_mode, owner)
     if not 0.0 < semantic_top_k_percent <= 1.0:
-      raise ValueError(f"MaskTransformerLoss.semantic_top_k_percent must be in "
+      raise ValueError(f"{owner}.semantic_top_k_percent must be in "
                        f"(0, 1], got {semantic_top_k_percent}.")
     if temperature <= 0:
-      raise ValueError(f"MaskTransformerLoss.temperature must be > 0, got "
+      raise ValueError(f"{owner}.temperature must be > 0, got "
                        f"{temperature}.")
+    if instance_discrimination_sample_k < 0:
+      raise ValueError(f"{owner}.instance_discrimination_sample_k must be >= 0,"
+                       f" got {instance_discrimination_sample_k}.")
+    if remask_num_stages < 0:
+      raise ValueError(f"{owner}.remask_num_stages must be >= 0, got "
+                       f"{remask_num_stages}.")
+    if not 0.0 <= reclass_eta <= 1.0:
+      raise ValueError(f"{owner}.reclass_eta must be in [0, 1], got "
+                       f"{reclass_eta}.")
     self.pq_weight = pq_weight
     self.alpha = alpha
     self.mask_id_weight = mask_id_weight
@@ -558,16 +684,21 @@ class MaskTransformerLoss:
     self.dice_smooth = dice_smooth
     self.weight_floor = weight_floor
     self.crowd_as_void = crowd_as_void
+    self.matching_mode = matching_mode
+    self.instance_discrimination_sample_k = instance_discrimination_sample_k
+    self.instance_discrimination_sample_temperature = (
+        instance_discrimination_sample_temperature)
+    self.mask_approximation_weight = mask_approximation_weight
+    self.remask_num_stages = remask_num_stages
+    self.stage_semantic_weight = stage_semantic_weight
+    self.reclass_eta = reclass_eta
 
   # --------------------------------------------------------------------------
   # Helpers.
   # --------------------------------------------------------------------------
   @staticmethod
   def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in mapping:
-      raise KeyError(f"MaskTransformerLoss: {where} has no {key!r} "
-                     f"(keys: {sorted(mapping)}).")
-    return mapping[key]
+    return require(mapping, key, where)
 
   def _check_shapes(self, batch: Mapping[str, Any],
                     outputs: Mapping[str, Any]) -> Tuple[int, int, int]:
@@ -591,11 +722,6 @@ class MaskTransformerLoss:
       raise ValueError("MaskTransformerLoss: K and N must be static, got "
                        f"{common.GT_CLASSES} {gt_classes.shape}, "
                        f"{common.PRED_CLASS_LOGITS} {class_logits.shape}.")
-    if num_masks > num_predictions:
-      raise ValueError(
-          f"MaskTransformerLoss: more ground-truth mask slots (K={num_masks}) "
-          f"than predicted masks (N={num_predictions}); the matching needs "
-          "K <= N. Lower the data's maximum number of masks or raise N.")
     return num_masks, num_predictions, class_logits.shape[-1] - 1
 
   def _targets(self, batch: Mapping[str, Any], size: Tuple[int, int],
@@ -610,13 +736,7 @@ class MaskTransformerLoss:
   def _flat_masks(self, output: Mapping[str, Any], size: Tuple[int, int],
                   where: str) -> Tuple[tf.Tensor, tf.Tensor]:
     """Class logits [B, N, C+1] and mask logits [B, P, N] resized to `size`."""
-    class_logits = tf.cast(
-        self._require(output, common.PRED_CLASS_LOGITS, where), tf.float32)
-    mask_logits = tf.cast(
-        self._require(output, common.PRED_MASK_LOGITS, where), tf.float32)
-    mask_logits = _resize_bilinear(mask_logits, size)
-    return class_logits, tf.reshape(
-        mask_logits, [-1, size[0] * size[1], mask_logits.shape[-1]])
+    return flat_mask_logits(output, size, where)
 
   def _flat_embedding(self, output: Mapping[str, Any], size: Tuple[int, int],
                       where: str) -> tf.Tensor:
@@ -629,6 +749,34 @@ class MaskTransformerLoss:
                                        axis=-1)
     return tf.reshape(embedding, [-1, size[0] * size[1], embedding.shape[-1]])
 
+  def _stages(self, outputs: Mapping[str, Any], size: Tuple[int, int],
+              num_predictions: int) -> List[_Stage]:
+    """Every decoder stage, flattened, with ReMask applied where it belongs."""
+    stages = []
+    for index, (prefix, output) in enumerate(decoder_stages(outputs)):
+      where = (f"outputs[{common.AUX_OUTPUTS!r}][{index}]" if prefix
+               else "outputs")
+      class_logits, mask_logits = self._flat_masks(output, size, where)
+      if class_logits.shape[1] != num_predictions:
+        raise ValueError(f"MaskTransformerLoss: {where} has "
+                         f"{class_logits.shape[1]} predictions, the final "
+                         f"output {num_predictions}.")
+      semantic_logits = None
+      remasked = mask_logits
+      if index < self.remask_num_stages:
+        semantic_logits = tf.cast(self._require(
+            output, common.PRED_STAGE_SEMANTIC_LOGITS,
+            f"{where} (ReMask stage {index} < remask_num_stages="
+            f"{self.remask_num_stages})"), tf.float32)
+        flat_semantic = tf.reshape(
+            _resize_bilinear(semantic_logits, size),
+            [-1, size[0] * size[1], semantic_logits.shape[-1]])
+        remasked = remax.remask_logits(mask_logits, flat_semantic,
+                                       class_logits)
+      stages.append(_Stage(prefix, where, output, class_logits, remasked,
+                           mask_logits, semantic_logits))
+    return stages
+
   def _similarity_terms(self, class_logits: tf.Tensor, mask_logits: tf.Tensor,
                         targets: MaskTargets
                         ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -640,40 +788,49 @@ class MaskTransformerLoss:
     class_probs = gt_class_probabilities(class_logits, targets.classes)
     return probs, dice, class_probs
 
+  def _match(self, similarity: Tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+             targets: MaskTargets) -> tf.Tensor:
+    _, dice, class_probs = similarity
+    cost = matching_cost(dice, class_probs, targets.present)
+    return matching_lib.match_ground_truth(cost, targets.present,
+                                           self.matcher_method)
+
   # --------------------------------------------------------------------------
   # Public API.
   # --------------------------------------------------------------------------
   def match(self, batch: Mapping[str, Any],
-            outputs: Mapping[str, Any]) -> tf.Tensor:
-    """Hungarian matching on the final output.
+            outputs: Mapping[str, Any]) -> Union[tf.Tensor, List[tf.Tensor]]:
+    """Hungarian matching (the only step that may be a host call).
 
     Args:
       batch: ground-truth dict (common.GT_*).
       outputs: model outputs (common.PRED_*).
 
     Returns:
-      int32 [B, K], prediction matched to each ground-truth slot (arbitrary
-      but distinct for absent slots).
+      "shared" mode: int32 [B, K], the prediction matched to each ground-truth
+      slot of the final output, -1 for absent slots and for masks left without
+      a prediction when K > N. "per_stage" mode: a list of such tensors, one
+      per stage (auxiliary outputs in order, then the final output).
     """
-    _, _, num_classes = self._check_shapes(batch, outputs)
+    _, num_predictions, num_classes = self._check_shapes(batch, outputs)
     size = tuple(outputs[common.PRED_MASK_LOGITS].shape[1:3])
     targets = self._targets(batch, size, num_classes)
-    class_logits, mask_logits = self._flat_masks(outputs, size, "outputs")
-    similarity = self._similarity_terms(class_logits, mask_logits, targets)
-    return self._match(similarity, targets)
+    stages = self._stages(outputs, size, num_predictions)
+    if self.matching_mode == "shared":
+      stages = stages[-1:]
+    matched = [self._match(self._similarity_terms(
+        stage.class_logits, stage.mask_logits, targets), targets)
+               for stage in stages]
+    return matched[0] if self.matching_mode == "shared" else matched
 
-  def _match(self, similarity: Tuple[tf.Tensor, tf.Tensor, tf.Tensor],
-             targets: MaskTargets) -> tf.Tensor:
-    _, dice, class_probs = similarity
-    cost = matching_cost(dice, class_probs, targets.present)
-    return matching_lib.hungarian_matching(cost, self.matcher_method)
-
-  def _mask_terms(self, class_logits: tf.Tensor, mask_logits: tf.Tensor,
-                  embedding: Optional[tf.Tensor], targets: MaskTargets,
+  def _mask_terms(self, stage: _Stage, targets: MaskTargets,
                   assignment: tf.Tensor,
-                  similarity: Tuple[tf.Tensor, tf.Tensor, tf.Tensor]
+                  similarity: Tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+                  size: Tuple[int, int],
+                  semantic_masks: Optional[tf.Tensor],
+                  samples: Optional[Tuple[tf.Tensor, tf.Tensor]]
                   ) -> Dict[str, tf.Tensor]:
-    """Weighted per-mask terms of one output (final or auxiliary)."""
+    """Weighted per-mask terms of one stage (final or auxiliary)."""
     probs, dice, class_probs = similarity
     matched_dice = tf.reduce_sum(dice * assignment, axis=-1)
     matched_class_probs = tf.reduce_sum(class_probs * assignment, axis=-1)
@@ -681,31 +838,59 @@ class MaskTransformerLoss:
     if self.negative_class_weighting == "void_fraction":
       negative_weights = void_fraction(probs, targets.valid_pixels,
                                        self.weight_floor)
+    positive_targets = None
+    if self.reclass_eta:
+      one_hot = tf.einsum(
+          "bkn,bkc->bnc", assignment,
+          tf.one_hot(targets.classes, stage.class_logits.shape[-1],
+                     dtype=tf.float32))
+      raw_probs = mask_probabilities(stage.raw_mask_logits,
+                                     self.mask_activation)
+      positive_targets = remax.reclass_targets(
+          raw_probs * targets.valid_pixels[:, :, tf.newaxis], semantic_masks,
+          one_hot, self.reclass_eta)
     valid_probs = probs * targets.valid_pixels[:, :, tf.newaxis]
     zero = tf.zeros([], tf.float32)
     losses = {}
     losses[common.LOSS_PQ_CLASS] = self.pq_weight * tf.reduce_mean(
-        pq_class_loss(class_logits, assignment, targets.classes, matched_dice,
-                      self.alpha, self.weight_floor, negative_weights))
+        pq_class_loss(stage.class_logits, assignment, targets.classes,
+                      matched_dice, self.alpha, self.weight_floor,
+                      negative_weights, positive_targets))
     losses[common.LOSS_PQ_DICE] = self.pq_weight * tf.reduce_mean(
         pq_dice_loss(valid_probs, assignment, targets.masks,
                      matched_class_probs, self.alpha, self.dice_smooth,
                      self.weight_floor))
     losses[common.LOSS_MASK_ID] = (self.mask_id_weight * tf.reduce_mean(
-        mask_id_loss(mask_logits, assignment, targets.masks,
+        mask_id_loss(stage.mask_logits, assignment, targets.masks,
                      self.mask_activation)) if self.mask_id_weight else zero)
     if self.instance_discrimination_weight:
+      embedding = self._flat_embedding(stage.output, size, stage.where)
+      if samples is None:
+        per_image = instance_discrimination_loss(
+            embedding, targets.masks, targets.present, targets.is_thing,
+            self.temperature, self.instance_discrimination_anchors)
+      else:
+        per_image = cmt.pixel_contrastive_loss(
+            embedding, targets.masks, samples[0], samples[1], self.temperature)
       losses[common.LOSS_INSTANCE_DISCRIMINATION] = (
-          self.instance_discrimination_weight * tf.reduce_mean(
-              instance_discrimination_loss(
-                  embedding, targets.masks, targets.present, targets.is_thing,
-                  self.temperature, self.instance_discrimination_anchors)))
+          self.instance_discrimination_weight * tf.reduce_mean(per_image))
     else:
       losses[common.LOSS_INSTANCE_DISCRIMINATION] = zero
+    if self.mask_approximation_weight:
+      is_final = not stage.prefix
+      if is_final or common.PRED_REFERENCE_POINTS in stage.output:
+        points = tf.cast(self._require(
+            stage.output, common.PRED_REFERENCE_POINTS, stage.where),
+                         tf.float32)
+        losses[common.LOSS_MASK_APPROXIMATION] = (
+            self.mask_approximation_weight * tf.reduce_mean(
+                cmt.mask_approximation_loss(points, targets.masks, assignment,
+                                            size)))
     return losses
 
   def __call__(self, batch: Mapping[str, Any], outputs: Mapping[str, Any],
-               matching: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+               matching: Optional[Union[tf.Tensor, Sequence[tf.Tensor]]] = None
+               ) -> Dict[str, tf.Tensor]:
     """Computes all losses.
 
     Args:
@@ -714,66 +899,87 @@ class MaskTransformerLoss:
       outputs: dict with common.PRED_CLASS_LOGITS [B,N,C+1], PRED_MASK_LOGITS
         [B,h,w,N], PRED_PIXEL_EMBEDDING [B,h,w,D], PRED_SEMANTIC_LOGITS
         [B,hs,ws,C], and optionally AUX_OUTPUTS (list of dicts with the first
-        three keys, any spatial size).
-      matching: optional int32 [B, K] from `match`; computed here if None. The
-        same matching (of the final output) serves every auxiliary output.
+        three keys, any spatial size). CMT adds PRED_REFERENCE_POINTS
+        [B,N,M,2]; ReMaX adds PRED_STAGE_SEMANTIC_LOGITS [B,hs,ws,C] to the
+        first `remask_num_stages` stages.
+      matching: optional result of `match`; computed here if None.
 
     Returns:
       Dict of float32 scalars: common.LOSS_PQ_CLASS, LOSS_PQ_DICE, LOSS_MASK_ID,
-      LOSS_INSTANCE_DISCRIMINATION, LOSS_SEMANTIC, "aux_<i>/<name>" for the
-      four per-mask names of every auxiliary output, and LOSS_TOTAL, their sum.
-      Each entry already includes its weight.
+      LOSS_INSTANCE_DISCRIMINATION, LOSS_SEMANTIC (and LOSS_MASK_APPROXIMATION,
+      LOSS_STAGE_SEMANTIC when enabled) of the final output, "aux_<i>/<name>"
+      for the per-mask terms of every auxiliary output, and LOSS_TOTAL, their
+      sum. Each entry already includes its weight.
     """
     num_masks, num_predictions, num_classes = self._check_shapes(batch, outputs)
     size = tuple(outputs[common.PRED_MASK_LOGITS].shape[1:3])
     targets = self._targets(batch, size, num_classes)
-    class_logits, mask_logits = self._flat_masks(outputs, size, "outputs")
-    similarity = self._similarity_terms(class_logits, mask_logits, targets)
+    stages = self._stages(outputs, size, num_predictions)
+    similarities = [self._similarity_terms(stage.class_logits,
+                                           stage.mask_logits, targets)
+                    for stage in stages]
     if matching is None:
-      matching = self._match(similarity, targets)
-    matching = tf.stop_gradient(tf.cast(matching, tf.int32))
-    if matching.shape.rank != 2 or matching.shape[-1] != num_masks:
-      raise ValueError(f"MaskTransformerLoss: matching must be [B, {num_masks}],"
-                       f" got {matching.shape}.")
-    assignment = assignment_matrix(matching, targets.present, num_predictions)
+      if self.matching_mode == "shared":
+        matching = self._match(similarities[-1], targets)
+      else:
+        matching = [self._match(similarity, targets)
+                    for similarity in similarities]
+    if isinstance(matching, (list, tuple)):
+      if len(matching) != len(stages):
+        raise ValueError(f"MaskTransformerLoss: {len(matching)} matchings for "
+                         f"{len(stages)} decoder stages.")
+      matchings = list(matching)
+    else:
+      matchings = [matching] * len(stages)
+    assignments = []
+    for matched in matchings:
+      matched = tf.stop_gradient(tf.cast(matched, tf.int32))
+      if matched.shape.rank != 2 or matched.shape[-1] != num_masks:
+        raise ValueError(f"MaskTransformerLoss: matching must be [B, "
+                         f"{num_masks}], got {matched.shape}.")
+      assignments.append(
+          assignment_matrix(matched, targets.present, num_predictions))
 
-    def embedding_of(output, where):
-      if not self.instance_discrimination_weight:
-        return None
-      return self._flat_embedding(output, size, where)
+    gt_semantic = tf.cast(self._require(batch, common.GT_SEMANTIC, "batch"),
+                          tf.int32)
+    gt_weight = self._require(batch, common.GT_SEMANTIC_WEIGHT, "batch")
+    semantic_masks = None
+    if self.reclass_eta:
+      semantic_masks = remax.semantic_one_hot(
+          tf.reshape(resize_nearest(gt_semantic, size), [-1, size[0] * size[1]]),
+          num_classes)
+    samples = None
+    if (self.instance_discrimination_weight and
+        self.instance_discrimination_sample_k):
+      # One draw serves every stage, so stages are compared on equal pixels.
+      samples = cmt.sample_pixels_by_mask_size(
+          targets.masks, self.instance_discrimination_sample_k,
+          self.instance_discrimination_sample_temperature)
 
-    losses = self._mask_terms(class_logits, mask_logits,
-                              embedding_of(outputs, "outputs"), targets,
-                              assignment, similarity)
+    losses = {}
+    for stage, similarity, assignment in zip(stages, similarities,
+                                             assignments):
+      stage_losses = self._mask_terms(stage, targets, assignment, similarity,
+                                      size, semantic_masks, samples)
+      weight = self.aux_weight if stage.prefix else 1.0
+      for name, value in stage_losses.items():
+        losses[stage.prefix + name] = (weight * value if stage.prefix
+                                       else value)
+      if stage.semantic_logits is not None and self.stage_semantic_weight:
+        losses[stage.prefix + common.LOSS_STAGE_SEMANTIC] = (
+            self.stage_semantic_weight * tf.reduce_mean(semantic_loss(
+                stage.semantic_logits, gt_semantic, gt_weight,
+                self.semantic_top_k_percent)))
+
     if self.semantic_weight:
       semantic_logits = tf.cast(
           self._require(outputs, common.PRED_SEMANTIC_LOGITS, "outputs"),
           tf.float32)
       losses[common.LOSS_SEMANTIC] = self.semantic_weight * tf.reduce_mean(
-          semantic_loss(
-              semantic_logits,
-              tf.cast(self._require(batch, common.GT_SEMANTIC, "batch"),
-                      tf.int32),
-              self._require(batch, common.GT_SEMANTIC_WEIGHT, "batch"),
-              self.semantic_top_k_percent))
+          semantic_loss(semantic_logits, gt_semantic, gt_weight,
+                        self.semantic_top_k_percent))
     else:
       losses[common.LOSS_SEMANTIC] = tf.zeros([], tf.float32)
-
-    aux_outputs: Sequence[Mapping[str, Any]] = outputs.get(common.AUX_OUTPUTS,
-                                                           None) or []
-    for index, aux in enumerate(aux_outputs):
-      where = f"outputs[{common.AUX_OUTPUTS!r}][{index}]"
-      aux_class, aux_mask = self._flat_masks(aux, size, where)
-      if aux_class.shape[1] != num_predictions:
-        raise ValueError(f"MaskTransformerLoss: {where} has "
-                         f"{aux_class.shape[1]} predictions, the final output "
-                         f"{num_predictions}; the shared matching needs equal N.")
-      aux_losses = self._mask_terms(
-          aux_class, aux_mask, embedding_of(aux, where), targets, assignment,
-          self._similarity_terms(aux_class, aux_mask, targets))
-      for name, value in aux_losses.items():
-        losses[aux_loss_name(index, name)] = self.aux_weight * value
-
     losses[common.LOSS_TOTAL] = tf.add_n(list(losses.values()))
     return losses
 
@@ -784,7 +990,7 @@ def aux_loss_name(index: int, name: str) -> str:
 
 
 def loss_names(num_aux_outputs: int) -> List[str]:
-  """All keys `MaskTransformerLoss` returns for `num_aux_outputs` aux outputs."""
+  """Keys `MaskTransformerLoss()` (default options) returns."""
   per_mask = [common.LOSS_PQ_CLASS, common.LOSS_PQ_DICE, common.LOSS_MASK_ID,
               common.LOSS_INSTANCE_DISCRIMINATION]
   names = per_mask + [common.LOSS_SEMANTIC]

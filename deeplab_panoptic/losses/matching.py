@@ -142,3 +142,57 @@ def hungarian_matching(cost: tf.Tensor,
   if method == "scipy":
     return _scipy_matching(cost)
   return _tpu_matching(tf.cast(cost, tf.float32))
+
+
+def match_ground_truth(cost: tf.Tensor,
+                       present: tf.Tensor,
+                       method: Optional[str] = None) -> tf.Tensor:
+  """Matches present ground-truth masks to predictions, for any K and N.
+
+  Absent ground-truth slots (padding, masks that vanished) never take a
+  prediction away from a present one, and when there are more slots than
+  predictions (K > N, e.g. deeplab2's COCO set-up of 128 thing + 53 stuff slots
+  for 128 predictions) each prediction gets at most one ground-truth mask and
+  the left-over ground-truth masks stay unmatched (-1): they add no matched
+  loss term, like a missed segment in PQ.
+
+  Args:
+    cost: float [B, K, N] cost of giving prediction n to ground-truth mask k.
+    present: bool [B, K], which ground-truth slots hold a real mask.
+    method: see `hungarian_matching`.
+
+  Returns:
+    int32 [B, K]: the prediction matched to each ground-truth slot, -1 for
+    absent slots and for present masks left without a prediction (only possible
+    when K > N). Matched predictions of one image are distinct, and the total
+    cost of the matched pairs is minimal among assignments that match
+    min(#present, N) masks.
+  """
+  cost = tf.convert_to_tensor(cost)
+  present = tf.cast(present, tf.bool)
+  num_rows, num_cols = cost.shape[1], cost.shape[2]
+  if num_rows is None or num_cols is None:
+    raise ValueError("match_ground_truth: K and N must be static, got cost "
+                     f"shape {cost.shape}.")
+  if num_rows == 0:
+    return tf.zeros_like(cost[:, :, 0], dtype=tf.int32)
+  cost = tf.cast(tf.stop_gradient(cost), tf.float32)
+  if num_rows <= num_cols:
+    # Constant absent rows add the same total to every assignment.
+    cost = tf.where(present[:, :, tf.newaxis], cost, tf.zeros_like(cost))
+    matched = hungarian_matching(cost, method)
+    return tf.where(present, matched, -tf.ones_like(matched))
+  # K > N: assign every prediction a distinct ground-truth column instead. An
+  # absent column costs more than any present one, so a prediction never takes
+  # an absent column while a present one is free (moving it there is cheaper).
+  finite = tf.where(tf.math.is_finite(cost), cost, tf.zeros_like(cost))
+  absent_cost = tf.reduce_max(tf.abs(finite)) * 2.0 + 1.0
+  transposed = tf.where(present[:, tf.newaxis, :],
+                        tf.transpose(cost, [0, 2, 1]), absent_cost)
+  gt_of_prediction = hungarian_matching(transposed, method)  # [B, N] in [0, K).
+  hits = tf.logical_and(
+      tf.one_hot(gt_of_prediction, num_rows, on_value=True, off_value=False),
+      present[:, tf.newaxis, :])  # [B, N, K]
+  prediction = tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int32)
+  return tf.where(tf.reduce_any(hits, axis=1), prediction,
+                  -tf.ones_like(prediction))

@@ -434,7 +434,8 @@ def test_empty_slots_do_not_change_the_assignment():
                       outputs[common.PRED_MASK_LOGITS].numpy()[b])
     for k, n in match.items():
       assert matched[b, k] == n
-    assert len(set(matched[b].tolist())) == K
+    absent = [k for k in range(K) if k not in match]
+    assert np.all(matched[b, absent] == -1)
 
 
 def test_nan_is_not_hidden():
@@ -465,11 +466,132 @@ def test_weights_come_from_gin():
                              2.0 * reference["pq_dice"], rtol=1e-4)
 
 
-def test_bad_configuration_raises():
+def test_more_ground_truth_masks_than_predictions():
   batch, outputs = _make_inputs(num_aux=0)
   outputs[common.PRED_CLASS_LOGITS] = outputs[common.PRED_CLASS_LOGITS][:, :2]
   outputs[common.PRED_MASK_LOGITS] = outputs[common.PRED_MASK_LOGITS][..., :2]
-  with pytest.raises(ValueError, match="K <= N"):
+  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy")
+  matched = loss_fn.match(_to_tf(batch), _to_tf(outputs)).numpy()
+  # Image 0 has 2 real masks, image 1 has 2 (one vanished): all matched.
+  for b in range(B):
+    ref = _Reference(batch, b)
+    assert sorted(matched[b][ref.present].tolist()) == [0, 1]
+  # Three real masks, two predictions: one ground-truth mask stays unmatched.
+  batch[common.GT_MASK_ID][1, :4] = 1
+  matched = loss_fn.match(_to_tf(batch), _to_tf(outputs)).numpy()
+  assert sorted(matched[1].tolist()) == [-1, 0, 1]
+  result = loss_fn(_to_tf(batch), _to_tf(outputs))
+  assert np.isfinite(result[common.LOSS_TOTAL].numpy())
+  compiled = tf.function(mask_losses.MaskTransformerLoss(matcher_method="tpu"),
+                         jit_compile=True)
+  np.testing.assert_allclose(
+      compiled(_to_tf(batch), _to_tf(outputs))[common.LOSS_TOTAL].numpy(),
+      result[common.LOSS_TOTAL].numpy(), rtol=1e-4)
+
+
+def test_image_without_ground_truth():
+  batch, outputs = _make_inputs(seed=9, num_aux=0)
+  batch[common.GT_CLASSES][0] = -1
+  batch[common.GT_MASK_ID][0] = -1
+  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy")
+  result = loss_fn(_to_tf(batch), _to_tf(outputs))
+  assert np.all(loss_fn.match(_to_tf(batch), _to_tf(outputs)).numpy()[0] == -1)
+  for value in result.values():
+    assert np.isfinite(value.numpy())
+  # Image 0 only trains every slot towards void.
+  ref = _Reference(batch, 0)
+  terms = ref.losses(outputs, {})
+  assert terms["pq_dice"] == 0.0 and terms["mask_id"] == 0.0
+  ref1 = _Reference(batch, 1)
+  match1 = ref1.match(outputs[common.PRED_CLASS_LOGITS][1],
+                      outputs[common.PRED_MASK_LOGITS][1])
+  expected = (terms["pq_class"] + ref1.losses(outputs, match1)["pq_class"]) / 2
+  np.testing.assert_allclose(result[common.LOSS_PQ_CLASS].numpy(),
+                             3.0 * expected, rtol=1e-4)
+
+
+def test_per_stage_matching_matches_each_stage_on_its_own():
+  batch, outputs = _make_inputs(seed=10, num_aux=1)
+  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy",
+                                            matching_mode="per_stage")
+  matched = loss_fn.match(_to_tf(batch), _to_tf(outputs))
+  assert len(matched) == 2
+  result = loss_fn(_to_tf(batch), _to_tf(outputs))
+  aux = _resized_aux(outputs[common.AUX_OUTPUTS][0])
+  for b in range(B):
+    ref = _Reference(batch, b)
+    for stage, out in enumerate([aux, outputs]):
+      expected = ref.match(out[common.PRED_CLASS_LOGITS][b],
+                           out[common.PRED_MASK_LOGITS][b])
+      for k, n in expected.items():
+        assert matched[stage].numpy()[b, k] == n
+  # The aux stage's loss is that of the aux output matched with itself.
+  expected = []
+  for b in range(B):
+    ref = _Reference(batch, b)
+    match = ref.match(aux[common.PRED_CLASS_LOGITS][b],
+                      aux[common.PRED_MASK_LOGITS][b])
+    expected.append(ref.losses(aux, match)["pq_dice"])
+  np.testing.assert_allclose(
+      result[mask_losses.aux_loss_name(0, common.LOSS_PQ_DICE)].numpy(),
+      3.0 * np.mean(expected), rtol=1e-4)
+  # A list of matchings can be passed back in (host matcher + XLA loss).
+  compiled = tf.function(lambda b, o, m: loss_fn(b, o, matching=m),
+                         jit_compile=True)
+  again = compiled(_to_tf(batch), _to_tf(outputs), matched)
+  np.testing.assert_allclose(again[common.LOSS_TOTAL].numpy(),
+                             result[common.LOSS_TOTAL].numpy(), rtol=1e-4)
+
+
+def test_max_term_gradients_match_finite_differences():
+  rng = np.random.default_rng(12)
+  b, p, k, n, c, d = 2, 6, 2, 3, 3, 4
+  mid = rng.choice([-1, 0, 1], size=(b, p))
+  mid[:, :2] = [0, 1]
+  gt = tf.constant(np.eye(k)[np.where(mid < 0, 0, mid)] * (mid >= 0)[..., None])
+  assignment = np.zeros((b, k, n))
+  assignment[0, 0, 2] = assignment[0, 1, 0] = assignment[1, 1, 1] = 1.0
+  assignment = tf.constant(assignment)
+  classes = tf.constant([[1, 0], [0, 2]])
+  present = tf.constant([[True, True], [True, True]])
+  matched_dice = tf.constant(rng.uniform(size=(b, k)))
+  matched_probs = tf.constant(rng.uniform(size=(b, k)))
+  class_logits = tf.constant(rng.normal(size=(b, n, c + 1)))
+  mask_logits = tf.constant(rng.normal(size=(b, p, n)))
+  embedding = tf.constant(rng.normal(size=(b, p, d)))
+  semantic_logits = tf.constant(rng.normal(size=(b, 2, 3, c)))
+  gt_semantic = tf.constant(rng.integers(0, c, size=(b, 2, 3)), tf.int32)
+  gt_weight = tf.constant(rng.choice([0.0, 1.0, 3.0], size=(b, 2, 3)))
+  checks = [
+      (lambda x: mask_losses.pq_class_loss(x, assignment, classes,
+                                           matched_dice, 0.75, 1e-5),
+       class_logits),
+      (lambda x: mask_losses.pq_dice_loss(tf.nn.softmax(x), assignment, gt,
+                                          matched_probs, 0.75, 1.0, 1e-5),
+       mask_logits),
+      (lambda x: mask_losses.mask_id_loss(x, assignment, gt, "softmax"),
+       mask_logits),
+      (lambda x: mask_losses.mask_id_loss(x, assignment, gt, "sigmoid"),
+       mask_logits),
+      (lambda x: mask_losses.instance_discrimination_loss(
+          tf.math.l2_normalize(x, axis=-1), gt, present,
+          tf.constant([[True, False], [False, True]]), 0.3, "all"),
+       embedding),
+      (lambda x: mask_losses.semantic_loss(x, gt_semantic, gt_weight, 0.5),
+       semantic_logits),
+  ]
+  for index, (fn, x) in enumerate(checks):
+    theoretical, numerical = tf.test.compute_gradient(fn, [x], delta=1e-6)
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6,
+                               err_msg=str(index))
+
+
+def test_bad_configuration_raises():
+  batch, outputs = _make_inputs(num_aux=0)
+  with pytest.raises(ValueError, match="matching_mode"):
+    mask_losses.MaskTransformerLoss(matching_mode="every")
+  with pytest.raises(KeyError, match=common.PRED_MASK_LOGITS):
+    del outputs[common.PRED_MASK_LOGITS]
     mask_losses.MaskTransformerLoss()(_to_tf(batch), _to_tf(outputs))
   with pytest.raises(ValueError, match="mask_activation"):
     mask_losses.MaskTransformerLoss(mask_activation="relu")

@@ -109,3 +109,70 @@ def test_default_method_off_tpu_is_scipy(monkeypatch):
   cost = np.random.default_rng(1).normal(size=(2, 2, 3)).astype(np.float32)
   _check_optimal(cost, matching.hungarian_matching(cost).numpy())
   assert called
+
+
+def _scipy_total(cost: np.ndarray) -> float:
+  import scipy.optimize
+  rows, cols = scipy.optimize.linear_sum_assignment(cost)
+  return float(cost[rows, cols].sum())
+
+
+@pytest.mark.parametrize("method", ["scipy", "tpu"])
+@pytest.mark.parametrize("kind", ["random", "tied", "rectangular"])
+def test_larger_costs_reach_scipy_total(method, kind):
+  # Beyond brute force: the optimum of scipy's solver is the reference.
+  rng = np.random.default_rng({"random": 1, "tied": 2, "rectangular": 3}[kind])
+  if kind == "random":
+    cost = rng.normal(size=(3, 12, 12))
+  elif kind == "tied":
+    cost = rng.integers(0, 2, size=(3, 10, 12)).astype(np.float64)
+  else:
+    cost = rng.uniform(-1, 0, size=(3, 5, 16))
+  cost = cost.astype(np.float32)
+  matched = matching.hungarian_matching(cost, method).numpy()
+  for b in range(cost.shape[0]):
+    assert len(set(matched[b].tolist())) == cost.shape[1]
+    total = cost[b, np.arange(cost.shape[1]), matched[b]].sum()
+    np.testing.assert_allclose(total, _scipy_total(cost[b]), atol=1e-4)
+
+
+def _check_ground_truth_matching(cost, present, matched):
+  """Absent -> -1; min(#present, N) present rows matched, distinct, optimal."""
+  batch, rows, cols = cost.shape
+  for b in range(batch):
+    real = np.nonzero(present[b])[0]
+    assert np.all(matched[b][~present[b]] == -1)
+    taken = matched[b][matched[b] >= 0]
+    assert len(set(taken.tolist())) == len(taken) == min(len(real), cols)
+    total = sum(cost[b, k, matched[b, k]] for k in real if matched[b, k] >= 0)
+    sub = cost[b][real]
+    if len(real) <= cols:
+      best = _brute_force_min(sub) if len(real) else 0.0
+    else:  # Every prediction takes one of the present rows.
+      best = _brute_force_min(sub.T)
+    np.testing.assert_allclose(total, best, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["scipy", "tpu"])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (3, 6, 4)])
+def test_match_ground_truth_absent_rows_and_more_masks_than_slots(method,
+                                                                  shape):
+  rng = np.random.default_rng(shape[1])
+  cost = rng.normal(size=shape).astype(np.float32)
+  present = rng.random(shape[:2]) < 0.7
+  present[0] = False           # an image without ground truth
+  present[1] = True            # all slots real (K > N: some stay unmatched)
+  # Absent rows hold very attractive costs: they must not steal predictions.
+  cost[~present] = -100.0
+  matched = matching.match_ground_truth(cost, present, method).numpy()
+  assert matched.dtype == np.int32 and matched.shape == shape[:2]
+  _check_ground_truth_matching(cost, present, matched)
+
+
+def test_match_ground_truth_tpu_compiles_with_xla():
+  rng = np.random.default_rng(4)
+  cost = rng.normal(size=(2, 6, 4)).astype(np.float32)
+  present = rng.random((2, 6)) < 0.8
+  fn = tf.function(lambda c, p: matching.match_ground_truth(c, p, "tpu"),
+                   jit_compile=True)
+  _check_ground_truth_matching(cost, present, fn(cost, present).numpy())

@@ -1,0 +1,180 @@
+"""Instance AP of the thing segments of panoptic predictions, via pycocotools.
+
+As Panoptic SegFormer reports it ("AP from the panoptic output"): every thing
+segment of the panoptic prediction is a detection whose mask is the segment and
+whose score is the class confidence of its mask slot; the ground truth is the
+thing segments of the panoptic ground truth (crowd regions as ``iscrowd``
+annotations, which COCOeval ignores detections on). Void pixels carry no
+annotation. AP is COCO's mask AP@[.5:.95] (100 detections per image).
+
+The state is per-image lists of run-length-encoded masks, so accumulators from
+replicas or hosts merge by concatenation; the result is computed once at the end.
+"""
+
+import contextlib
+import io
+from typing import Any, Dict, List, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from deeplab_panoptic.evaluation import panoptic_quality
+
+
+def _encode(index: np.ndarray, wanted: np.ndarray) -> List[Dict[str, Any]]:
+  """COCO RLE masks of the segments ``wanted`` of an index map.
+
+  The runs of every segment come from one pass over the column-major index map
+  (COCO RLE order), instead of one full-image mask and encode per segment.
+
+  Args:
+    index: int [H, W], segment index per pixel.
+    wanted: int [K], segment indices.
+
+  Returns:
+    K compressed COCO RLE dicts (equal to ``pycocotools.mask.encode``'s).
+  """
+  if wanted.size == 0:
+    return []
+  height, width = index.shape
+  flat = np.ascontiguousarray(index.T).reshape(-1)
+  size = flat.size
+  change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+  starts = np.concatenate([[0], change])
+  ends = np.concatenate([change, [size]])
+  values = flat[starts]
+  order = np.argsort(values, kind="stable")
+  sorted_values = values[order]
+  lows = np.searchsorted(sorted_values, wanted, side="left")
+  highs = np.searchsorted(sorted_values, wanted, side="right")
+  rles = []
+  for lo, hi in zip(lows.tolist(), highs.tolist()):
+    runs = order[lo:hi]  # this segment's runs, in position order (stable sort)
+    s, e = starts[runs], ends[runs]
+    # Alternating zeros / ones, starting with zeros (possibly 0 of them).
+    counts = np.empty(2 * s.size + 1, np.int64)
+    counts[0] = s[0]
+    counts[1::2] = e - s
+    counts[2:-1:2] = s[1:] - e[:-1]
+    counts[-1] = size - e[-1]
+    if counts[-1] == 0:
+      counts = counts[:-1]
+    rles.append({"size": [height, width], "counts": counts.tolist()})
+  return mask_utils.frPyObjects(rles, height, width)
+
+
+class InstanceAP:
+  """Streaming collector of thing segments for COCO mask AP."""
+
+  def __init__(self, is_thing: Sequence[bool], label_divisor: int, ignore_label: int):
+    """Initialises an empty accumulator.
+
+    Args:
+      is_thing: per train id, whether the class is a thing.
+      label_divisor: panoptic label = semantic * label_divisor + instance.
+      ignore_label: the void class.
+    """
+    self.is_thing = np.asarray(is_thing, bool)
+    self.label_divisor = int(label_divisor)
+    self.ignore_label = int(ignore_label)
+    self.reset()
+
+  def reset(self) -> None:
+    """Forgets every image."""
+    self.images: List[Dict[str, Any]] = []
+
+  def update(self, gt_panoptic: npt.ArrayLike, pred_panoptic: npt.ArrayLike,
+             pred_scores: Mapping[int, float]) -> None:
+    """Adds one image.
+
+    Args:
+      gt_panoptic: int [H, W] ground-truth panoptic labels.
+      pred_panoptic: int [H, W] predicted panoptic labels.
+      pred_scores: the score of every predicted thing label present (panoptic
+        label -> confidence).
+
+    Raises:
+      ValueError: on mismatched shapes or a thing label without a score.
+    """
+    gt = np.asarray(gt_panoptic).astype(np.int64, copy=False)
+    pred = np.asarray(pred_panoptic).astype(np.int64, copy=False)
+    if gt.shape != pred.shape or gt.ndim != 2:
+      raise ValueError(f"InstanceAP.update: ground truth {gt.shape} and prediction "
+                       f"{pred.shape} must both be [H, W].")
+    record: Dict[str, Any] = {"height": gt.shape[0], "width": gt.shape[1]}
+    for name, labels in (("gt", gt), ("pred", pred)):
+      ids, inverse, _ = panoptic_quality._index_labels(labels.reshape(-1))  # pylint: disable=protected-access
+      inverse = inverse.reshape(labels.shape)
+      classes = ids // self.label_divisor
+      thing = np.zeros(ids.size, bool)
+      known = (classes >= 0) & (classes < self.is_thing.size)
+      thing[known] = self.is_thing[classes[known]]
+      wanted = np.flatnonzero(thing)
+      rles = _encode(inverse, wanted)
+      if name == "gt":
+        record["gt"] = [(int(classes[k]), rle, int(ids[k] % self.label_divisor == 0))
+                        for k, rle in zip(wanted, rles)]
+      else:
+        missing = [int(ids[k]) for k in wanted if int(ids[k]) not in pred_scores]
+        if missing:
+          raise ValueError(f"InstanceAP.update: predicted thing labels {missing[:5]} "
+                           "have no score.")
+        record["pred"] = [(int(classes[k]), rle, float(pred_scores[int(ids[k])]))
+                          for k, rle in zip(wanted, rles)]
+    self.images.append(record)
+
+  def state(self) -> Dict[str, List[Dict[str, Any]]]:
+    """``{"images": [...]}``: per-image RLE masks (merge by concatenation)."""
+    return {"images": list(self.images)}
+
+  def merge_state(self, state: Dict[str, List[Dict[str, Any]]]) -> "InstanceAP":
+    """Appends another accumulator's images; returns self."""
+    self.images.extend(state["images"])
+    return self
+
+  def merge(self, other: "InstanceAP") -> "InstanceAP":
+    """Appends another accumulator's images; returns self."""
+    if (other.label_divisor != self.label_divisor or
+        not np.array_equal(other.is_thing, self.is_thing)):
+      raise ValueError("InstanceAP.merge: the accumulators are configured differently.")
+    return self.merge_state(other.state())
+
+  def result(self) -> Dict[str, float]:
+    """COCO mask AP of the thing classes.
+
+    Returns:
+      ``{"ap", "ap50", "ap75"}`` as fractions; -1 where COCO leaves them
+      undefined (no ground-truth thing instance), 0 without any detection.
+    """
+    thing_ids = np.flatnonzero(self.is_thing).tolist()
+    images, gt_anns, dt_anns = [], [], []
+    for image_id, record in enumerate(self.images, start=1):
+      images.append({"id": image_id, "height": record["height"], "width": record["width"]})
+      for cls, rle, crowd in record["gt"]:
+        gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": cls,
+                        "segmentation": rle, "area": float(mask_utils.area(rle)),
+                        "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": crowd})
+      for cls, rle, score in record["pred"]:
+        dt_anns.append({"image_id": image_id, "category_id": cls, "segmentation": rle,
+                        "score": score})
+    has_gt = any(not a["iscrowd"] for a in gt_anns)
+    if not has_gt:
+      return {"ap": -1.0, "ap50": -1.0, "ap75": -1.0}
+    if not dt_anns:
+      return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
+    # pycocotools prints progress; keep the evaluation log clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+      coco_gt = COCO()
+      coco_gt.dataset = {"images": images, "annotations": gt_anns,
+                         "categories": [{"id": c, "name": str(c)} for c in thing_ids]}
+      coco_gt.createIndex()
+      coco_dt = coco_gt.loadRes(dt_anns)
+      evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
+      evaluator.evaluate()
+      evaluator.accumulate()
+      evaluator.summarize()
+    stats = evaluator.stats
+    return {"ap": float(stats[0]), "ap50": float(stats[1]), "ap75": float(stats[2])}

@@ -1,0 +1,114 @@
+"""The orbit evaluator's metrics and prediction writer, with a stand-in model.
+
+The "model" passes the image through and the "postprocessor" reads the predicted
+panoptic label from the image's first channel, so the test controls the
+predictions exactly and checks the evaluator's plumbing: cropping and resizing
+to the original size, padding examples, results.json keys, and the COCO
+predictions, which coco_pq must score exactly as the evaluator did.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_panoptic import common
+from deeplab_panoptic.data.dataset_info import SHAPES
+from deeplab_panoptic.evaluation import coco_format
+from deeplab_panoptic.evaluation import coco_pq
+from deeplab_panoptic.evaluation.panoptic_quality import PanopticQuality
+from deeplab_panoptic.training.evaluator import PanopticEvaluator
+
+DIV, VOID = SHAPES.label_divisor, SHAPES.ignore_label * SHAPES.label_divisor
+NUM_SLOTS = 6
+
+
+def _examples():
+  """Three eval examples (one resized x2) and one padding example, 12x12 padded."""
+  rng = np.random.default_rng(0)
+  images, gts, preds, names, sizes = [], [], [], [], []
+  for k, (resized, original) in enumerate((((12, 12), (12, 12)), ((10, 12), (10, 12)),
+                                           ((6, 6), (12, 12)), ((0, 0), (0, 0)))):
+    pred = np.full((12, 12), 3 * DIV + 0)            # sky
+    pred[6:] = 4 * DIV                                 # ground
+    for slot in range(3):
+      y, x = rng.integers(0, 8, size=2)
+      pred[y:y + 4, x:x + 3] = (slot % 3) * DIV + slot + 1
+    pred[0, :2] = VOID
+    rh, rw = resized
+    oh, ow = original
+    restored = pred[:rh, :rw]
+    if (rh, rw) != (oh, ow):
+      restored = np.repeat(np.repeat(restored, 2, axis=0), 2, axis=1)
+    gt = np.full((12, 12), VOID)
+    gt[:oh, :ow] = np.roll(restored, 1, axis=1)
+    gt[:oh, :ow][restored // DIV == 2] = 2 * DIV      # a triangle crowd
+    images.append(np.repeat(pred[..., None], 3, axis=-1).astype(np.float32))
+    gts.append(gt)
+    preds.append(restored)
+    names.append(f"{k:012d}.jpg" if oh else "")
+    sizes.append((rh, rw, oh, ow))
+  sizes = np.array(sizes, np.int32)
+  features = {common.IMAGE: np.stack(images), common.GT_PANOPTIC_ORIGINAL: np.stack(gts),
+              common.RESIZED_HEIGHT: sizes[:, 0], common.RESIZED_WIDTH: sizes[:, 1],
+              common.ORIGINAL_HEIGHT: sizes[:, 2], common.ORIGINAL_WIDTH: sizes[:, 3],
+              common.IMAGE_NAME: np.array(names)}
+  return features, gts[:3], preds, names[:3]
+
+
+def _postprocessor(outputs, size):
+  del size
+  panoptic = tf.cast(outputs["image"][..., 0], tf.int32)
+  batch = tf.shape(panoptic)[0]
+  return {common.PANOPTIC: panoptic, common.SEMANTIC: panoptic // DIV,
+          common.SEGMENT_SCORES: tf.tile(tf.linspace(0.9, 0.4, NUM_SLOTS)[tf.newaxis],
+                                         [batch, 1])}
+
+
+def test_evaluator_results_and_predictions(tmp_path):
+  features, gts, preds, names = _examples()
+  strategy = tf.distribute.get_strategy()
+  dataset = tf.data.Dataset.from_tensor_slices(features).batch(2)
+  evaluator = PanopticEvaluator(
+      strategy, lambda images, training: {"image": images}, _postprocessor,
+      strategy.experimental_distribute_dataset(dataset), SHAPES, str(tmp_path),
+      tf.Variable(7, dtype=tf.int64), write_predictions=True)
+  logs = evaluator.evaluate(tf.constant(-1, tf.int32))
+
+  with open(tmp_path / "eval" / "results.json") as f:
+    results = json.load(f)
+  for key in ("step", "PQ", "SQ", "RQ", "PQ_thing", "PQ_stuff", "per_class", "mIoU", "AP"):
+    assert key in results, key
+  assert results["step"] == 7
+  expected = PanopticQuality(SHAPES.num_classes, SHAPES.is_thing, DIV, SHAPES.ignore_label)
+  for gt, pred in zip(gts, preds):
+    h, w = pred.shape
+    expected.update(gt[:h, :w], pred)
+  assert results["PQ"] == pytest.approx(100 * expected.result()["All"]["pq"], abs=1e-12)
+  assert 0 < results["PQ"] < 100 and 0 < results["mIoU"] <= 100 and results["AP"] >= 0
+  assert logs["mIoU"] == results["mIoU"] and logs["AP"] == results["AP"]
+
+  # The written predictions, scored by coco_pq against the GT in COCO format,
+  # give the evaluator's numbers (crowd: thing segments with instance 0).
+  pred_dir = tmp_path / "eval" / "predictions"
+  with open(pred_dir / "panoptic.json") as f:
+    written = json.load(f)
+  assert [a["file_name"] for a in written["annotations"]] == [
+      n.replace(".jpg", ".png") for n in names]
+  gt_writer = coco_format.CocoPanopticWriter(
+      str(tmp_path / "gt"), SHAPES.dataset_id_from_train_id(), DIV, SHAPES.ignore_label,
+      categories=SHAPES.coco_categories())
+  for name, gt, pred in zip(names, gts, preds):
+    h, w = pred.shape
+    ann = gt_writer.add(name, gt[:h, :w])
+    ids = coco_format.read_segment_ids(str(tmp_path / "gt" / "panoptic" / ann["file_name"]))
+    for seg in ann["segments_info"]:
+      label = np.unique(gt[:h, :w][ids == seg["id"]])[0]
+      seg["iscrowd"] = int(SHAPES.is_thing[label // DIV] and label % DIV == 0)
+  result = coco_pq.pq_compute(gt_writer.close(), str(pred_dir / "panoptic.json"),
+                              str(tmp_path / "gt" / "panoptic"), str(pred_dir / "panoptic"),
+                              num_workers=1)
+  assert 100 * result["All"]["pq"] == pytest.approx(results["PQ"], abs=1e-12)
+  assert 100 * result["Things"]["pq"] == pytest.approx(results["PQ_thing"], abs=1e-12)
