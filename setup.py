@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.11,<2",
     "pycocotools>=2.0.7,<3",
     "Pillow>=10,<14",
+    "cityscapesscripts==2.3.0",
 ]
 
 setuptools.setup(

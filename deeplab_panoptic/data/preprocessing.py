@@ -3,13 +3,20 @@
 Everything here is in-graph TensorFlow with static output shapes, written for
 ``tf.data`` maps (one example at a time; batching is the reader's job).
 
-Training: random scale -> random horizontal flip -> pad bottom/right to at least
-the crop size -> random crop. Flipping before padding keeps the valid image in
-the top-left corner of every crop, so ``RESIZED_HEIGHT`` / ``RESIZED_WIDTH``
-describe it as ``[0, resized_height) x [0, resized_width)``.
+Training: resize (random scale, MaX / kMaX; or Panoptic SegFormer's random
+shorter side with a cap on the longer side) -> random horizontal flip -> pad
+bottom/right to at least the crop size -> random crop -> optional panoptic
+copy-paste (kMaX / ReMaX) -> optional colour jitter. Flipping before padding
+keeps the valid image in the top-left corner of every crop, so
+``RESIZED_HEIGHT`` / ``RESIZED_WIDTH`` describe it as ``[0, resized_height) x
+[0, resized_width)``; copy-paste only pastes inside that region.
 
-Evaluation: shrink (keeping the aspect ratio) only if the image is larger than
-the crop, then pad bottom/right to the crop size.
+Evaluation (``eval_resize``): ``fit_shrink_only`` shrinks (keeping the aspect
+ratio) only if the image is larger than the crop; ``longer_side_to_crop``
+always scales it so that it fits the crop with one side touching it (the longer
+side, for a square crop), upscaling small images; ``short_side`` scales the
+shorter side to a given length with the longer side capped (Panoptic
+SegFormer). Then pad bottom/right to the crop size.
 
 Padding: image value 127.5 before normalisation (0 after ``x / 127.5 - 1``),
 label void (``ignore_label * label_divisor``). Images are resized bilinearly,
@@ -33,6 +40,19 @@ from deeplab_panoptic import common
 
 # Raw (0..255) image value used for padding: 0 after normalisation.
 IMAGE_PAD_VALUE = 127.5
+
+# Training resize modes.
+RANDOM_SCALE = "random_scale"
+RANDOM_SHORT_SIDE = "random_short_side"
+TRAIN_RESIZE_MODES = (RANDOM_SCALE, RANDOM_SHORT_SIDE)
+# Evaluation resize modes.
+FIT_SHRINK_ONLY = "fit_shrink_only"
+LONGER_SIDE_TO_CROP = "longer_side_to_crop"
+SHORT_SIDE = "short_side"
+EVAL_RESIZE_MODES = (FIT_SHRINK_ONLY, LONGER_SIDE_TO_CROP, SHORT_SIDE)
+# Source tag of pasted pixels when renumbering instances after copy-paste:
+# larger than any panoptic value the label PNG can hold (2**24 - 1).
+_PASTE_SOURCE_OFFSET = 2 ** 24
 
 
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
@@ -186,6 +206,215 @@ def resize_to_fit(image: tf.Tensor, label: tf.Tensor, height: int, width: int
   return tf.cond(factor < 1.0, shrink, lambda: (image, label))
 
 
+def eval_resize_size(shape: tf.Tensor, crop_size: Tuple[int, int], mode: str,
+                     short_side: int = 800, max_long_side: int = 1333) -> tf.Tensor:
+  """The (height, width) an evaluation image is resized to (before padding).
+
+  Args:
+    shape: int32 [2], the image's (height, width).
+    crop_size: (H, W) of the model input.
+    mode: ``fit_shrink_only`` (factor ``min(H / h, W / w)`` if below 1, else the
+      image is kept), ``longer_side_to_crop`` (that factor, always) or
+      ``short_side`` (factor ``min(short_side / min(h, w), max_long_side /
+      max(h, w))``, then clipped to the crop).
+    short_side, max_long_side: for ``short_side``.
+
+  Returns:
+    int32 [2], ``clip(round(shape * factor), 1, crop_size)`` (float32
+    arithmetic; ``shape`` itself when the factor is 1 or, for
+    ``fit_shrink_only``, above 1).
+  """
+  height, width = crop_size
+  fshape = tf.cast(shape, tf.float32)
+  if mode == SHORT_SIDE:
+    factor = tf.minimum(short_side / tf.reduce_min(fshape),
+                        max_long_side / tf.reduce_max(fshape))
+    factor = tf.minimum(factor, tf.minimum(height / fshape[0], width / fshape[1]))
+  elif mode in (FIT_SHRINK_ONLY, LONGER_SIDE_TO_CROP):
+    factor = tf.minimum(height / fshape[0], width / fshape[1])
+    if mode == FIT_SHRINK_ONLY:
+      factor = tf.minimum(factor, 1.0)
+  else:
+    raise ValueError(f"eval_resize must be one of {EVAL_RESIZE_MODES}, got {mode!r}.")
+  size = tf.cast(tf.round(fshape * factor), tf.int32)
+  size = tf.clip_by_value(size, 1, tf.constant([height, width]))
+  return tf.where(tf.equal(factor, 1.0), shape, size)
+
+
+def resize_for_eval(image: tf.Tensor, label: tf.Tensor, crop_size: Tuple[int, int],
+                    mode: str, short_side: int = 800, max_long_side: int = 1333
+                    ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Resizes an evaluation image and label as ``eval_resize_size`` says.
+
+  ``fit_shrink_only`` gives exactly ``resize_to_fit``.
+
+  Args:
+    image: float32 [H, W, 3].
+    label: int32 [H, W, 1].
+    crop_size, mode, short_side, max_long_side: see ``eval_resize_size``.
+
+  Returns:
+    float32 [h, w, 3] and int32 [h, w, 1].
+  """
+  if mode == FIT_SHRINK_ONLY:
+    return resize_to_fit(image, label, *crop_size)
+  shape = tf.shape(image)[:2]
+  size = eval_resize_size(shape, crop_size, mode, short_side, max_long_side)
+  return tf.cond(tf.reduce_all(tf.equal(size, shape)), lambda: (image, label),
+                 lambda: resize(image, label, size))
+
+
+def random_short_side(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+                      min_short_side: int, max_short_side: int, short_side_step: int,
+                      max_long_side: int) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Panoptic SegFormer / DETR multi-scale resize.
+
+  The shorter side becomes ``min_short_side + short_side_step * k`` (``k``
+  uniform so that it stays <= ``max_short_side``), unless the longer side would
+  then exceed ``max_long_side``, in which case the longer side becomes
+  ``max_long_side``. The aspect ratio is kept.
+
+  Args:
+    image: float32 [H, W, 3].
+    label: int32 [H, W, 1].
+    seed: int [2] stateless seed.
+    min_short_side, max_short_side, short_side_step: the shorter side's choices.
+    max_long_side: cap on the longer side.
+
+  Returns:
+    float32 [h, w, 3] and int32 [h, w, 1].
+  """
+  num_steps = (max_short_side - min_short_side) // max(short_side_step, 1)
+  k = tf.random.stateless_uniform([], seed, minval=0, maxval=num_steps + 1,
+                                  dtype=tf.int32)
+  short = tf.cast(min_short_side + short_side_step * k, tf.float32)
+  fshape = tf.cast(tf.shape(image)[:2], tf.float32)
+  factor = tf.minimum(short / tf.reduce_min(fshape), max_long_side / tf.reduce_max(fshape))
+  size = tf.maximum(tf.cast(tf.round(fshape * factor), tf.int32), 1)
+  return resize(image, label, size)
+
+
+def color_jitter(image: tf.Tensor, valid: tf.Tensor, seed: tf.Tensor,
+                 brightness: float = 0.0, contrast: float = 0.0,
+                 saturation: float = 0.0, hue: float = 0.0) -> tf.Tensor:
+  """Random brightness, contrast, saturation and hue, inside the valid region.
+
+  Factors are uniform in ``[1 - x, 1 + x]`` (brightness scales the values,
+  contrast and saturation move them away from / towards the mean grey level of
+  the valid region and the pixel's grey level); hue is shifted by a uniform
+  ``[-hue, hue]`` turn. Applied in that order, clipped to [0, 255] after each;
+  padding keeps ``IMAGE_PAD_VALUE``. The label is untouched.
+
+  Args:
+    image: float32 [H, W, 3], raw values in [0, 255].
+    valid: bool [H, W], the image's pixels (not padding).
+    seed: int [2] stateless seed.
+    brightness, contrast, saturation, hue: strengths (0 disables each).
+
+  Returns:
+    float32 [H, W, 3].
+  """
+  if brightness <= 0 and contrast <= 0 and saturation <= 0 and hue <= 0:
+    return image
+  draws = tf.random.stateless_uniform([4], seed, minval=-1.0, maxval=1.0)
+  x = image
+  if brightness > 0:
+    x = tf.clip_by_value(x * (1.0 + brightness * draws[0]), 0.0, 255.0)
+  if contrast > 0:
+    weight = tf.cast(valid, tf.float32)[..., None]
+    grey = tf.image.rgb_to_grayscale(x)
+    mean = tf.reduce_sum(grey * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
+    x = tf.clip_by_value((x - mean) * (1.0 + contrast * draws[1]) + mean, 0.0, 255.0)
+  if saturation > 0:
+    grey = tf.image.rgb_to_grayscale(x)
+    x = tf.clip_by_value((x - grey) * (1.0 + saturation * draws[2]) + grey, 0.0, 255.0)
+  if hue > 0:
+    x = tf.image.adjust_hue(x / 255.0, hue * draws[3]) * 255.0
+    x = tf.clip_by_value(x, 0.0, 255.0)
+  return tf.where(valid[..., None], x, IMAGE_PAD_VALUE)
+
+
+def renumber_things(label: tf.Tensor, from_paste: tf.Tensor, label_divisor: int,
+                    is_thing: Sequence[bool], name: tf.Tensor = "") -> tf.Tensor:
+  """Gives every thing instance of a pasted crop a distinct instance id.
+
+  The original and the pasted image may use the same instance ids: thing
+  segments (instance > 0) are renumbered 1, 2, ... over the whole crop in order
+  of first appearance (raster order), keeping their class. Crowd, stuff and
+  void are unchanged.
+
+  Args:
+    label: int32 [H, W], panoptic labels.
+    from_paste: bool [H, W], the pixels that come from the pasted image.
+    label_divisor: the label divisor.
+    is_thing: per train id.
+    name: image name, for the error message.
+
+  Returns:
+    int32 [H, W].
+  """
+  num_classes = len(is_thing)
+  semantic = tf.math.floordiv(label, label_divisor)
+  instance = tf.math.floormod(label, label_divisor)
+  thing_table = tf.constant(list(is_thing) + [False], tf.bool)
+  in_range = tf.logical_and(semantic >= 0, semantic < num_classes)
+  pixel_is_thing = tf.gather(thing_table, tf.where(in_range, semantic, num_classes))
+  is_instance = tf.logical_and(pixel_is_thing, instance > 0)
+  key = tf.where(is_instance,
+                 label + tf.where(from_paste, _PASTE_SOURCE_OFFSET, 0), -1)
+  unique_keys, index = tf.unique(tf.reshape(key, [-1]), out_idx=tf.int32)
+  rank = tf.cumsum(tf.cast(unique_keys >= 0, tf.int32))
+  count = tf.reduce_max(tf.concat([rank, [0]], 0))
+  check = tf.debugging.Assert(
+      count < label_divisor,
+      ["Copy-paste onto image", name, "makes", count, "thing instances, more than the "
+       "label divisor", label_divisor, "allows."])
+  with tf.control_dependencies([check]):
+    new_instance = tf.reshape(tf.gather(rank, index), tf.shape(label))
+  return tf.where(is_instance, semantic * label_divisor + new_instance, label)
+
+
+def copy_paste(image: tf.Tensor, label: tf.Tensor, valid: tf.Tensor,
+               paste_image: tf.Tensor, paste_label: tf.Tensor, seed: tf.Tensor, *,
+               label_divisor: int, ignore_label: int, is_thing: Sequence[bool],
+               stuff_probability: float, name: tf.Tensor = ""
+               ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Panoptic copy-paste (kMaX-DeepLab / ReMaX): pastes another crop's segments.
+
+  Every thing segment of the other crop (crowd included) and each of its stuff
+  classes with probability ``stuff_probability`` are pasted on top, inside
+  the valid region of this crop; its void and padding never are. Thing
+  instances are then renumbered (``renumber_things``) so that no two segments
+  share an id.
+
+  Args:
+    image: float32 [H, W, 3], raw values.
+    label: int32 [H, W].
+    valid: bool [H, W], the crop's valid region.
+    paste_image: float32 [H, W, 3], the other crop.
+    paste_label: int32 [H, W], its label (void on its padding).
+    seed: int [2] stateless seed (which stuff classes are pasted).
+    label_divisor, ignore_label, is_thing: the dataset description.
+    stuff_probability: probability of pasting each stuff class.
+    name: image name, for messages.
+
+  Returns:
+    float32 [H, W, 3] and int32 [H, W].
+  """
+  num_classes = len(is_thing)
+  semantic = tf.math.floordiv(paste_label, label_divisor)
+  in_range = tf.logical_and(semantic >= 0, semantic < num_classes)
+  take_stuff = tf.random.stateless_uniform([num_classes], seed) < stuff_probability
+  take_class = tf.logical_or(tf.constant(list(is_thing), tf.bool), take_stuff)
+  take_class = tf.concat([take_class, [False]], 0)
+  del ignore_label  # Void is any class outside [0, num_classes): never pasted.
+  paste = tf.logical_and(
+      valid, tf.gather(take_class, tf.where(in_range, semantic, num_classes)))
+  image = tf.where(paste[..., None], paste_image, image)
+  label = tf.where(paste, paste_label, label)
+  return image, renumber_things(label, paste, label_divisor, is_thing, name)
+
+
 def panoptic_to_targets(panoptic: tf.Tensor, label_divisor: int, ignore_label: int,
                         is_thing: Sequence[bool], max_num_masks: int,
                         name: tf.Tensor = "") -> Dict[str, tf.Tensor]:
@@ -207,6 +436,7 @@ def panoptic_to_targets(panoptic: tf.Tensor, label_divisor: int, ignore_label: i
     common.GT_MASK_ID: int32 [H, W] in [-1, K).
     common.GT_CLASSES: int32 [K], -1 for empty slots.
     common.GT_IS_THING: bool [K].
+    common.GT_CROWD: bool [H, W], crowd pixels (thing class, instance 0).
   """
   num_classes = len(is_thing)
   semantic = tf.math.floordiv(panoptic, label_divisor)
@@ -261,6 +491,7 @@ def panoptic_to_targets(panoptic: tf.Tensor, label_divisor: int, ignore_label: i
       common.GT_MASK_ID: mask_id,
       common.GT_CLASSES: classes,
       common.GT_IS_THING: slot_is_thing,
+      common.GT_CROWD: tf.logical_and(pixel_is_thing, tf.equal(instance, 0)),
   }
 
 
@@ -282,7 +513,8 @@ def _finish(image: tf.Tensor, label: tf.Tensor, decoded: Dict[str, tf.Tensor],
   }
   targets = panoptic_to_targets(panoptic, label_divisor, ignore_label, is_thing,
                                 max_num_masks, decoded[common.IMAGE_NAME])
-  for key in (common.GT_SEMANTIC, common.GT_SEMANTIC_WEIGHT, common.GT_MASK_ID):
+  for key in (common.GT_SEMANTIC, common.GT_SEMANTIC_WEIGHT, common.GT_MASK_ID,
+              common.GT_CROWD):
     targets[key] = tf.ensure_shape(targets[key], [height, width])
   for key in (common.GT_CLASSES, common.GT_IS_THING):
     targets[key] = tf.ensure_shape(targets[key], [max_num_masks])
@@ -290,12 +522,80 @@ def _finish(image: tf.Tensor, label: tf.Tensor, decoded: Dict[str, tf.Tensor],
   return outputs
 
 
+def augment_geometry(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
+                     crop_size: Tuple[int, int], label_divisor: int, ignore_label: int,
+                     train_resize: str = RANDOM_SCALE, min_scale: float = 1.0,
+                     max_scale: float = 1.0, scale_step: float = 0.0,
+                     min_short_side: int = 480, max_short_side: int = 800,
+                     short_side_step: int = 32, max_long_side: int = 1333,
+                     flip_probability: float = 0.0
+                     ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Resize -> flip -> pad -> random crop of one decoded record.
+
+  Args:
+    decoded: the output of ``tfrecord.decode_record``.
+    seed: int [2] stateless seed.
+    crop_size: (height, width) of the output.
+    label_divisor, ignore_label: the dataset's.
+    train_resize: ``random_scale`` (``min_scale .. max_scale`` by
+      ``scale_step``, see ``random_scale``) or ``random_short_side`` (see
+      ``random_short_side``).
+    min_scale, max_scale, scale_step: for ``random_scale``.
+    min_short_side, max_short_side, short_side_step, max_long_side: for
+      ``random_short_side``.
+    flip_probability: horizontal flip probability.
+
+  Returns:
+    float32 [H, W, 3] raw image, int32 [H, W] label (void on padding) and
+    int32 [2] valid size (top-left region); H, W = crop_size.
+  """
+  height, width = crop_size
+  void = ignore_label * label_divisor
+  resize_seed, flip_seed, crop_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+  image = tf.cast(decoded[common.IMAGE], tf.float32)
+  label = decoded[common.GT_PANOPTIC][..., None]
+  if train_resize == RANDOM_SCALE:
+    image, label = random_scale(image, label, resize_seed, min_scale, max_scale,
+                                scale_step)
+  elif train_resize == RANDOM_SHORT_SIDE:
+    image, label = random_short_side(image, label, resize_seed, min_short_side,
+                                     max_short_side, short_side_step, max_long_side)
+  else:
+    raise ValueError(f"train_resize must be one of {TRAIN_RESIZE_MODES}, got "
+                     f"{train_resize!r}.")
+  image, label = random_flip(image, label, flip_seed, flip_probability)
+  resized_size = tf.minimum(tf.shape(image)[:2], tf.constant([height, width]))
+  image, label = pad_to_size(image, label, height, width, void)
+  image, label = random_crop(image, label, crop_seed, height, width)
+  return image, label[..., 0], resized_size
+
+
+def _valid_region(resized_size: tf.Tensor, crop_size: Tuple[int, int]) -> tf.Tensor:
+  """bool [H, W]: True on ``[0, resized_height) x [0, resized_width)``."""
+  rows = tf.range(crop_size[0]) < resized_size[0]
+  cols = tf.range(crop_size[1]) < resized_size[1]
+  return tf.logical_and(rows[:, None], cols[None, :])
+
+
 def preprocess_train(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
                      crop_size: Tuple[int, int], label_divisor: int, ignore_label: int,
                      is_thing: Sequence[bool], max_num_masks: int, min_scale: float,
-                     max_scale: float, scale_step: float, flip_probability: float
+                     max_scale: float, scale_step: float, flip_probability: float,
+                     train_resize: str = RANDOM_SCALE, min_short_side: int = 480,
+                     max_short_side: int = 800, short_side_step: int = 32,
+                     max_long_side: int = 1333,
+                     paste_from: Optional[Dict[str, tf.Tensor]] = None,
+                     copy_paste_scale_multiplier: float = 0.5,
+                     copy_paste_stuff_probability: float = 0.5,
+                     brightness: float = 0.0, contrast: float = 0.0,
+                     saturation: float = 0.0, hue: float = 0.0
                      ) -> Dict[str, tf.Tensor]:
   """Augments one decoded record and builds its training targets.
+
+  The seed is split into fixed streams (geometry, colour, copy-paste, pasted
+  geometry), so turning one augmentation on or off leaves the others' draws
+  unchanged.
 
   Args:
     decoded: the output of ``tfrecord.decode_record``.
@@ -305,33 +605,57 @@ def preprocess_train(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
     max_num_masks: K.
     min_scale, max_scale, scale_step: random scale (see ``random_scale``).
     flip_probability: horizontal flip probability.
+    train_resize, min_short_side, max_short_side, short_side_step,
+      max_long_side: the resize (see ``augment_geometry``).
+    paste_from: another decoded record to copy-paste from (kMaX / ReMaX), or
+      None. It goes through the same geometry with its scale range multiplied
+      by ``copy_paste_scale_multiplier`` (kMaX: 0.5).
+    copy_paste_scale_multiplier: see ``paste_from``.
+    copy_paste_stuff_probability: probability of pasting each stuff class (all
+      thing segments are pasted).
+    brightness, contrast, saturation, hue: colour jitter (see ``color_jitter``).
 
   Returns:
     A dict with common.IMAGE float32 [H, W, 3], IMAGE_NAME, ORIGINAL_HEIGHT/WIDTH,
     RESIZED_HEIGHT/WIDTH (int32 scalars), GT_PANOPTIC int32 [H, W] and the
     targets of ``panoptic_to_targets``; H, W = crop_size.
   """
-  height, width = crop_size
-  void = ignore_label * label_divisor
-  scale_seed, flip_seed, crop_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
-  image = tf.cast(decoded[common.IMAGE], tf.float32)
-  label = decoded[common.GT_PANOPTIC][..., None]
-  image, label = random_scale(image, label, scale_seed, min_scale, max_scale, scale_step)
-  image, label = random_flip(image, label, flip_seed, flip_probability)
-  scaled = tf.shape(image)[:2]
-  resized_size = tf.minimum(scaled, tf.constant([height, width]))
-  image, label = pad_to_size(image, label, height, width, void)
-  image, label = random_crop(image, label, crop_seed, height, width)
-  return _finish(image, label, decoded, resized_size, label_divisor, ignore_label,
-                 is_thing, max_num_masks, crop_size)
+  geometry_seed, color_seed, paste_seed, paste_geometry_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  geometry = dict(crop_size=crop_size, label_divisor=label_divisor,
+                  ignore_label=ignore_label, train_resize=train_resize,
+                  min_scale=min_scale, max_scale=max_scale, scale_step=scale_step,
+                  min_short_side=min_short_side, max_short_side=max_short_side,
+                  short_side_step=short_side_step, max_long_side=max_long_side,
+                  flip_probability=flip_probability)
+  image, label, resized_size = augment_geometry(decoded, geometry_seed, **geometry)
+  valid = _valid_region(resized_size, crop_size)
+  if paste_from is not None:
+    m = copy_paste_scale_multiplier
+    paste_geometry = dict(geometry, min_scale=min_scale * m, max_scale=max_scale * m,
+                          scale_step=scale_step * m,
+                          min_short_side=max(1, int(round(min_short_side * m))),
+                          max_short_side=max(1, int(round(max_short_side * m))),
+                          short_side_step=max(1, int(round(short_side_step * m))),
+                          max_long_side=max(1, int(round(max_long_side * m))))
+    paste_image, paste_label, _ = augment_geometry(paste_from, paste_geometry_seed,
+                                                   **paste_geometry)
+    image, label = copy_paste(
+        image, label, valid, paste_image, paste_label, paste_seed,
+        label_divisor=label_divisor, ignore_label=ignore_label, is_thing=is_thing,
+        stuff_probability=copy_paste_stuff_probability,
+        name=decoded[common.IMAGE_NAME])
+  image = color_jitter(image, valid, color_seed, brightness, contrast, saturation, hue)
+  return _finish(image, label[..., None], decoded, resized_size, label_divisor,
+                 ignore_label, is_thing, max_num_masks, crop_size)
 
 
 def preprocess_eval(decoded: Dict[str, tf.Tensor], *, crop_size: Tuple[int, int],
                     max_original_size: Tuple[int, int], label_divisor: int,
-                    ignore_label: int, is_thing: Sequence[bool], max_num_masks: int
-                    ) -> Dict[str, tf.Tensor]:
-  """Resizes (only if too large) and pads one decoded record for evaluation.
+                    ignore_label: int, is_thing: Sequence[bool], max_num_masks: int,
+                    eval_resize: str = FIT_SHRINK_ONLY, eval_short_side: int = 800,
+                    max_long_side: int = 1333) -> Dict[str, tf.Tensor]:
+  """Resizes (``eval_resize``) and pads one decoded record for evaluation.
 
   Args:
     decoded: the output of ``tfrecord.decode_record``.
@@ -340,6 +664,9 @@ def preprocess_eval(decoded: Dict[str, tf.Tensor], *, crop_size: Tuple[int, int]
       an error naming it.
     label_divisor, ignore_label, is_thing: the dataset description.
     max_num_masks: K.
+    eval_resize: ``fit_shrink_only`` (default), ``longer_side_to_crop`` or
+      ``short_side`` (see ``eval_resize_size``).
+    eval_short_side, max_long_side: for ``short_side``.
 
   Returns:
     Like ``preprocess_train`` plus common.GT_PANOPTIC_ORIGINAL int32
@@ -362,7 +689,8 @@ def preprocess_eval(decoded: Dict[str, tf.Tensor], *, crop_size: Tuple[int, int]
   original = tf.ensure_shape(original, [max_height, max_width])
   image = tf.cast(decoded[common.IMAGE], tf.float32)
   label = decoded[common.GT_PANOPTIC][..., None]
-  image, label = resize_to_fit(image, label, height, width)
+  image, label = resize_for_eval(image, label, crop_size, eval_resize, eval_short_side,
+                                max_long_side)
   resized_size = tf.shape(image)[:2]
   image, label = pad_to_size(image, label, height, width, void)
   outputs = _finish(image, label, decoded, resized_size, label_divisor, ignore_label,
@@ -398,6 +726,7 @@ def padding_example(*, crop_size: Tuple[int, int], max_num_masks: int,
       common.GT_SEMANTIC: tf.fill([height, width], ignore_label),
       common.GT_SEMANTIC_WEIGHT: tf.zeros([height, width], tf.float32),
       common.GT_MASK_ID: tf.fill([height, width], -1),
+      common.GT_CROWD: tf.zeros([height, width], tf.bool),
       common.GT_CLASSES: tf.fill([max_num_masks], -1),
       common.GT_IS_THING: tf.zeros([max_num_masks], tf.bool),
   }

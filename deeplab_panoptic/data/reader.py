@@ -16,9 +16,15 @@ static shape, which TPUs need. Evaluators must skip entries whose
 ``ORIGINAL_HEIGHT`` is 0. With ``pad_last_batch=False`` the last batch is
 smaller instead (batch dimension None).
 
-Determinism: with a ``seed``, the file order, the shuffle, and every
-augmentation (stateless random ops fed from a seeded per-example seed stream)
-are reproducible; without one, parallel maps may also reorder examples.
+Determinism: with a ``seed`` (or ``deterministic=True``, which uses seed 0 when
+none is set), the file order, the shuffle, and every augmentation (stateless
+random ops fed from a seeded per-example seed stream) are reproducible, whatever
+the parallelism; otherwise parallel reads and maps may also reorder examples.
+
+Multi-host: with an ``input_context`` (from
+``strategy.distribute_datasets_from_function``) each host reads its share of
+the files (or of the records, when there are fewer files than hosts) and
+batches ``batch_size / num_replicas_in_sync * replicas on the host``.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -100,7 +106,22 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
                   num_parallel_calls: int = tf.data.AUTOTUNE,
                   prefetch_batches: int = tf.data.AUTOTUNE,
                   verify_records: bool = False,
-                  input_context: Optional[tf.distribute.InputContext] = None
+                  input_context: Optional[tf.distribute.InputContext] = None,
+                  deterministic: Optional[bool] = None,
+                  train_resize: str = preprocessing.RANDOM_SCALE,
+                  min_short_side: int = 480,
+                  max_short_side: int = 800,
+                  short_side_step: int = 32,
+                  max_long_side: int = 1333,
+                  copy_paste: bool = False,
+                  copy_paste_scale_multiplier: float = 0.5,
+                  copy_paste_stuff_probability: float = 0.5,
+                  brightness: float = 0.0,
+                  contrast: float = 0.0,
+                  saturation: float = 0.0,
+                  hue: float = 0.0,
+                  eval_resize: str = preprocessing.FIT_SHRINK_ONLY,
+                  eval_short_side: int = 800,
                   ) -> tf.data.Dataset:
   """Builds the batched input pipeline.
 
@@ -133,6 +154,30 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
       file; costs a full pass over the data).
     input_context: from ``distribute_datasets_from_function``; shards the input
       between hosts.
+    deterministic: True: reproducible order and augmentation (seed 0 unless
+      ``seed`` is set); False: allow reordering even with a seed (faster);
+      None: deterministic when ``seed`` is set or when evaluating.
+    train_resize: ``random_scale`` (MaX / kMaX: ``min_scale .. max_scale``) or
+      ``random_short_side`` (Panoptic SegFormer: shorter side
+      ``min_short_side .. max_short_side`` by ``short_side_step``, longer side
+      <= ``max_long_side``); either is then flipped, padded to ``crop_size``
+      and randomly cropped (a static shape).
+    min_short_side, max_short_side, short_side_step, max_long_side: see
+      ``train_resize``; ``max_long_side`` also caps ``eval_resize='short_side'``.
+    copy_paste: training: panoptic copy-paste (kMaX / ReMaX) from a second,
+      independently shuffled stream of the same records.
+    copy_paste_scale_multiplier: the pasted image's scale range is the main
+      one times this (kMaX: 0.5).
+    copy_paste_stuff_probability: probability of pasting each stuff class of
+      the other image (all its things are pasted).
+    brightness, contrast, saturation, hue: training colour jitter strengths (0:
+      off), see ``preprocessing.color_jitter``.
+    eval_resize: evaluation resize before padding: ``fit_shrink_only`` (only
+      images larger than the crop are shrunk; what export's ``fit_and_pad``
+      mirrors), ``longer_side_to_crop`` (always scaled to fit the crop, one side
+      touching it) or ``short_side`` (shorter side ``eval_short_side``, longer
+      side <= ``max_long_side``, within the crop).
+    eval_short_side: see ``eval_resize``.
 
   Returns:
     A dataset of dicts (keys in common.py), all with static shapes
@@ -155,15 +200,35 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
   if is_training and not 0 < min_scale <= max_scale:
     raise ValueError(f"build_dataset: need 0 < min_scale <= max_scale, got "
                      f"{min_scale}, {max_scale}.")
+  if train_resize not in preprocessing.TRAIN_RESIZE_MODES:
+    raise ValueError(f"build_dataset: train_resize must be one of "
+                     f"{preprocessing.TRAIN_RESIZE_MODES}, got {train_resize!r}.")
+  if eval_resize not in preprocessing.EVAL_RESIZE_MODES:
+    raise ValueError(f"build_dataset: eval_resize must be one of "
+                     f"{preprocessing.EVAL_RESIZE_MODES}, got {eval_resize!r}.")
+  if not 0 < min_short_side <= max_short_side or max_long_side < 1:
+    raise ValueError(f"build_dataset: need 0 < min_short_side <= max_short_side and "
+                     f"max_long_side >= 1, got {min_short_side}, {max_short_side}, "
+                     f"{max_long_side}.")
+  for jitter_name, value in (("brightness", brightness), ("contrast", contrast),
+                             ("saturation", saturation), ("hue", hue)):
+    if not 0 <= value <= (0.5 if jitter_name == "hue" else 1.0):
+      raise ValueError(f"build_dataset: {jitter_name} must lie in [0, "
+                       f"{0.5 if jitter_name == 'hue' else 1}], got {value}.")
   max_original_size = tuple(int(x) for x in (max_original_size or crop_size))
   if repeat is None:
     repeat = is_training
+  if deterministic and seed is None:
+    seed = 0
   files = list_files(file_pattern)
   if verify_records:
     verify_tfrecords(files)
   if input_context is not None:
     batch_size = input_context.get_per_replica_batch_size(batch_size)
-  deterministic = True if (seed is not None or not is_training) else None
+  if deterministic is None:
+    deterministic = True if (seed is not None or not is_training) else None
+  elif not deterministic:
+    deterministic = None
 
   file_ds = tf.data.Dataset.from_tensor_slices(files)
   num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -184,6 +249,7 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
     records = records.shard(num_pipelines, pipeline_id)
   if cache:
     records = records.cache()
+  unshuffled_records = records
 
   common_args = dict(label_divisor=dataset_info.label_divisor,
                      ignore_label=dataset_info.ignore_label,
@@ -201,21 +267,48 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
     # One stateless [2] seed per example, from a seeded stream: augmentation is
     # reproducible whatever the map's parallelism.
     seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    train_args = dict(
+        crop_size=crop_size, min_scale=min_scale, max_scale=max_scale,
+        scale_step=scale_step, flip_probability=flip_probability,
+        train_resize=train_resize, min_short_side=min_short_side,
+        max_short_side=max_short_side, short_side_step=short_side_step,
+        max_long_side=max_long_side,
+        copy_paste_scale_multiplier=copy_paste_scale_multiplier,
+        copy_paste_stuff_probability=copy_paste_stuff_probability,
+        brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
+        **common_args)
 
-    def train_map(record_and_path, example_seed) -> Dict[str, tf.Tensor]:
-      return preprocessing.preprocess_train(
-          decode(*record_and_path), example_seed, crop_size=crop_size,
-          min_scale=min_scale, max_scale=max_scale, scale_step=scale_step,
-          flip_probability=flip_probability, **common_args)
+    if copy_paste:
+      # kMaX: the pasted image comes from a second, independently shuffled
+      # stream of the same (per-host) records.
+      partners = unshuffled_records
+      if shuffle_buffer > 1:
+        partners = partners.shuffle(
+            shuffle_buffer, seed=None if seed is None else seed + 1,
+            reshuffle_each_iteration=True)
+      partners = partners.repeat()
 
-    ds = tf.data.Dataset.zip((records, seeds)).map(
-        train_map, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+      def train_map(record_and_path, partner, example_seed) -> Dict[str, tf.Tensor]:
+        return preprocessing.preprocess_train(
+            decode(*record_and_path), example_seed, paste_from=decode(*partner),
+            **train_args)
+
+      zipped = tf.data.Dataset.zip((records, partners, seeds))
+    else:
+      def train_map(record_and_path, example_seed) -> Dict[str, tf.Tensor]:
+        return preprocessing.preprocess_train(decode(*record_and_path), example_seed,
+                                              **train_args)
+
+      zipped = tf.data.Dataset.zip((records, seeds))
+    ds = zipped.map(train_map, num_parallel_calls=num_parallel_calls,
+                    deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
     def eval_map(record, path) -> Dict[str, tf.Tensor]:
       return preprocessing.preprocess_eval(
           decode(record, path), crop_size=crop_size,
-          max_original_size=max_original_size, **common_args)
+          max_original_size=max_original_size, eval_resize=eval_resize,
+          eval_short_side=eval_short_side, max_long_side=max_long_side, **common_args)
 
     ds = records.map(eval_map, num_parallel_calls=num_parallel_calls,
                      deterministic=deterministic)
@@ -234,5 +327,9 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
       ds = ds.repeat()
   options = tf.data.Options()
   options.deterministic = deterministic is not None
+  if input_context is not None:
+    # Sharded above, per host: no further automatic sharding.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF)
   ds = ds.with_options(options)
   return ds.prefetch(prefetch_batches)

@@ -13,10 +13,14 @@ they are built to be *learnable* by a tiny model in minutes:
   at random per image inside its band, so a model must learn the *kind* of
   texture, not one colour. With probability ``single_stuff_probability`` the
   whole background is a single stuff class.
-* Things. ``min_instances .. max_instances`` shapes per image, of any hue, with a
-  solid, striped or checkered texture. Because colour is random, the class is
-  only recognisable by its shape. Their colours are chosen to contrast with
-  everything they are drawn over, so every outline is visible.
+* Things. ``min_instances .. max_instances`` shapes per image, with a solid,
+  striped or checkered texture. Each class draws its hue from its own band of
+  the hue wheel (``class_hue_width`` wide, centred at 0, 1/3 and 2/3), and the
+  bands overlap, so colour hints at the class but only the shape decides it in
+  the overlaps (``class_hue_width=1`` gives any hue to every class: a harder,
+  shape-only dataset that a tiny CPU model does not learn in minutes). Colours
+  are chosen to contrast with everything they are drawn over, so every outline
+  is visible.
 * Occlusion. Shapes are drawn in order; a later shape covers earlier ones. A
   placement is *rejected* (and another position, size and rotation tried) when
   it would leave an earlier shape with fewer than ``min_visible_pixels`` visible
@@ -216,13 +220,16 @@ def _texture(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.nda
   return (np.floor(u / cell) + np.floor(v / cell)) % 2 == 1
 
 
-def _pick_colors(rng: np.random.Generator, below_means: List[np.ndarray]
+def _pick_colors(rng: np.random.Generator, below_means: List[np.ndarray],
+                 hue_center: float = 0.0, hue_width: float = 1.0
                  ) -> Tuple[np.ndarray, np.ndarray]:
   """Two thing colours (main and pattern), both contrasting with what is below.
 
   Args:
     rng: the image's generator.
     below_means: mean RGB colour of each region the shape covers.
+    hue_center: centre of the hue band, in [0, 1).
+    hue_width: width of the hue band (1 = any hue).
 
   Returns:
     Two float RGB colours.
@@ -231,7 +238,7 @@ def _pick_colors(rng: np.random.Generator, below_means: List[np.ndarray]
     return min(float(np.linalg.norm(color - m)) for m in below_means)
 
   for _ in range(_MAX_COLOR_TRIES):
-    hue = rng.random()
+    hue = (hue_center + (rng.random() - 0.5) * hue_width) % 1.0
     main = _hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
     # The pattern colour keeps the hue but changes brightness, so a striped
     # shape still reads as one object.
@@ -249,7 +256,8 @@ def generate_example(seed: int, index: int, height: int = 128, width: int = 128,
                      min_size: float = 14.0, max_size: float = 44.0,
                      single_stuff_probability: float = 0.2,
                      min_visible_pixels: int = 30,
-                     min_visible_fraction: float = 0.5
+                     min_visible_fraction: float = 0.5,
+                     class_hue_width: float = 0.5
                      ) -> Tuple[np.ndarray, np.ndarray]:
   """Generates image ``index`` of the shapes dataset with seed ``seed``.
 
@@ -272,6 +280,9 @@ def generate_example(seed: int, index: int, height: int = 128, width: int = 128,
     min_visible_fraction: a placement that leaves an earlier shape with less
       than this fraction of its area visible is rejected (as is one that cuts
       an earlier shape in two).
+    class_hue_width: width of each thing class's hue band (bands centred at 0,
+      1/3, 2/3 of the hue wheel; 0.5 makes neighbouring bands overlap by 1/6;
+      1.0 gives every class any hue).
 
   Returns:
     image: uint8 [height, width, 3] RGB.
@@ -323,7 +334,8 @@ def generate_example(seed: int, index: int, height: int = 128, width: int = 128,
     else:
       continue  # No acceptable placement: skip this shape.
     below = [image[mask & (owner == o)].mean(axis=0) for o in np.unique(covered)]
-    main, pattern = _pick_colors(rng, below)
+    main, pattern = _pick_colors(rng, below, THING_CLASSES.index(cls) / len(THING_CLASSES),
+                                 class_hue_width)
     two_tone = _texture(rng, xx - cx, yy - cy)
     colors = np.where(two_tone[..., None], pattern, main)
     colors = colors + rng.normal(0.0, 3.0, size=(height, width, 1))

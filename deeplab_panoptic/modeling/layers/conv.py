@@ -2,6 +2,7 @@
 
 from typing import Optional
 
+import gin
 import tensorflow as tf
 import tf_keras as keras
 
@@ -18,10 +19,16 @@ def get_activation(name: Optional[str]):
   return keras.activations.get(name)
 
 
+@gin.configurable(allowlist=["momentum", "epsilon"])
 def batch_norm(gamma_zero: bool = False, gamma_init: Optional[float] = None,
                name: Optional[str] = None, axis: int = -1,
                momentum: float = 0.99, epsilon: float = 1e-3) -> keras.layers.Layer:
-  """Batch norm; ``gamma_zero`` starts a residual branch as the identity."""
+  """Batch norm; ``gamma_zero`` starts a residual branch as the identity.
+
+  ``momentum`` (Keras convention, deeplab2: 0.99) and ``epsilon`` come from gin;
+  short CPU runs use a lower momentum so the moving statistics used at inference
+  keep up with the fast-changing early weights.
+  """
   if gamma_zero:
     init = "zeros"
   elif gamma_init is not None:

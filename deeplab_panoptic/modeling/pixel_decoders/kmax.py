@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from deeplab_panoptic.modeling import utils
 from deeplab_panoptic.modeling.layers import conv
+from deeplab_panoptic.modeling.layers.coord_conv import CoordConv
 
 
 class ResizedFuse(keras.layers.Layer):
@@ -52,6 +53,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
     expansion: bottleneck expansion.
     activation: activation function.
     drop_path_rate: drop path of the residual blocks.
+    coord_conv: pass every stage output through a coord-conv (CMT-DeepLab eq. 12),
+      giving the transformer decoder absolute position; off in kMaX-DeepLab.
   """
 
   def __init__(self, strides: Sequence[int] = (32, 16, 8, 4),
@@ -59,7 +62,7 @@ class KMaXPixelDecoder(keras.layers.Layer):
                filters: Sequence[int] = (512, 256, 128, 64),
                block_types: Sequence[str] = ("bottleneck",) * 4,
                expansion: int = 4, activation: str = "gelu",
-               drop_path_rate: float = 0.0, **kwargs):
+               drop_path_rate: float = 0.0, coord_conv: bool = False, **kwargs):
     super().__init__(**kwargs)
     if not len(strides) == len(num_blocks) == len(filters) == len(block_types):
       raise ValueError("KMaXPixelDecoder: strides, num_blocks, filters and block_types "
@@ -79,12 +82,15 @@ class KMaXPixelDecoder(keras.layers.Layer):
       self._stages.append([
           conv.BottleneckBlock(f, expansion, activation, drop_path_rate,
                                name=f"stage_s{s}_block{j}") for j in range(n)])
+    self._coord_convs = [CoordConv(name=f"coord_conv_s{s}") if coord_conv else None
+                         for s in strides]
     self.output_channels = {f"stride{s}": f * expansion for s, f in zip(strides, filters)}
 
   def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
     outputs = {}
     x = None
-    for s, norm, fuse, blocks in zip(self.strides, self._norms, self._fuses, self._stages):
+    for s, norm, fuse, blocks, coord in zip(self.strides, self._norms, self._fuses,
+                                            self._stages, self._coord_convs):
       key = f"stride{s}"
       if key not in endpoints:
         raise ValueError(f"KMaXPixelDecoder needs the encoder endpoint {key!r}; "
@@ -93,5 +99,7 @@ class KMaXPixelDecoder(keras.layers.Layer):
       x = skip if fuse is None else fuse([skip, x], utils.spatial_size(skip), training=training)
       for block in blocks:
         x = block(x, training=training)
+      if coord is not None:
+        x = coord(x, training=training)
       outputs[key] = x
     return outputs

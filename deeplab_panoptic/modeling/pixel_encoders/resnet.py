@@ -23,11 +23,13 @@ class ResNetEncoder(keras.layers.Layer):
     init_stochastic_depth_rate: drop path rate of the last block.
     activation: activation of the blocks.
     use_sync_bn: synchronized batch norm across replicas.
+    norm_momentum: batch-norm momentum (Keras convention).
   """
 
   def __init__(self, model_id: int = 50, depth_multiplier: float = 1.0,
                stem_type: str = "v0", init_stochastic_depth_rate: float = 0.0,
-               activation: str = "relu", use_sync_bn: bool = False, **kwargs):
+               activation: str = "relu", use_sync_bn: bool = False,
+               norm_momentum: float = 0.99, **kwargs):
     super().__init__(**kwargs)
     self._backbone = mg_resnet.ResNet(
         model_id=model_id,
@@ -36,7 +38,8 @@ class ResNetEncoder(keras.layers.Layer):
         stem_type=stem_type,
         init_stochastic_depth_rate=init_stochastic_depth_rate,
         activation=activation,
-        use_sync_bn=use_sync_bn)
+        use_sync_bn=use_sync_bn,
+        norm_momentum=norm_momentum)
     specs = self._backbone.output_specs
     self.output_channels = {f"stride{2 ** int(k)}": int(v[-1]) for k, v in specs.items()}
 

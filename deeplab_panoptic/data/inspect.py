@@ -1,0 +1,285 @@
+r"""Writes what TFRecords hold back out in COCO panoptic format, with overlays.
+
+  python -m deeplab_panoptic.data.inspect --tfrecord='/data/coco/val-*.tfrecord' \
+      --output_dir=/tmp/inspect [--dataset_info_json=F | --dataset=NAME] [--max_images=N]
+
+Output, in ``--output_dir``:
+
+* ``panoptic.json``: COCO panoptic ``images`` (id, file_name, height, width),
+  ``annotations`` (``segments_info`` with ``id``, ``category_id`` -- the
+  dataset's own ids --, ``iscrowd``, ``area``, ``bbox``) and ``categories``;
+* ``panoptic/<image stem>.png``: the COCO panoptic PNG of each image (segment
+  id ``R + 256 G + 256^2 B``, 0 for void), named after the source image;
+* ``overlays/<image stem>.png``: the image with each segment tinted in its
+  colour, segment boundaries in white, crowd regions hatched and void left
+  dark.
+
+One segment per stuff class, per thing instance and per crowd region (a thing
+class with instance 0). The image id is the file stem as an integer when it is
+one (COCO's ``000000139.jpg`` -> 139), else the stem.
+
+The description (classes and their dataset ids) is read from
+``dataset_info.json`` beside the shards (the converter writes it), or from
+``--dataset_info_json``, or the registered ``--dataset``. Files are written to
+temporary names and renamed; ``panoptic.json`` last.
+"""
+
+import glob
+import io
+import json
+import os
+import sys
+from typing import Iterator, List, Optional, Tuple
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from deeplab_panoptic.data import coco_format
+from deeplab_panoptic.data import dataset_info as dataset_info_lib
+from deeplab_panoptic.data import tfrecord
+
+PANOPTIC_JSON = "panoptic.json"
+PANOPTIC_DIR = "panoptic"
+OVERLAY_DIR = "overlays"
+# Weight of the segment colour in the overlay.
+_OVERLAY_ALPHA = 0.5
+
+
+def image_id_of(file_name: str):
+  """COCO image id of a file: its stem as an int when it is numeric, else the stem."""
+  stem = os.path.splitext(file_name)[0]
+  return int(stem) if stem.isdigit() else stem
+
+
+def find_dataset_info(files: List[str], dataset_info_json: Optional[str] = None,
+                      dataset: Optional[str] = None) -> dataset_info_lib.DatasetInfo:
+  """The description for ``files``: an explicit file or name, else the one beside them.
+
+  Raises:
+    ValueError: when none is found.
+  """
+  if dataset_info_json:
+    return dataset_info_lib.from_coco_categories(dataset or "dataset", dataset_info_json)
+  if dataset:
+    return dataset_info_lib.dataset_info(name=dataset)
+  folders = sorted({os.path.dirname(f) for f in files})
+  for folder in folders:
+    path = os.path.join(folder, "dataset_info.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        name = json.load(f).get("name", "dataset")
+      return dataset_info_lib.from_coco_categories(name, path)
+  raise ValueError(f"No dataset_info.json beside {folders}: set --dataset_info_json "
+                   "or --dataset.")
+
+
+def read_records(files: List[str]) -> Iterator[Tuple[str, tf.train.Example]]:
+  """Yields (file, example) of every record, in file order.
+
+  Raises:
+    ValueError: naming the file of a damaged record.
+  """
+  for path in files:
+    index = 0
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        yield path, tf.train.Example.FromString(record)
+        index += 1
+    except tf.errors.OpError as e:
+      raise ValueError(f"Corrupt TFRecord file {path}: record #{index}: "
+                       f"{e.message}") from e
+
+
+def _feature_bytes(example: tf.train.Example, key: str) -> bytes:
+  values = example.features.feature[key].bytes_list.value
+  return values[0] if values else b""
+
+
+def _feature_int(example: tf.train.Example, key: str) -> int:
+  return int(example.features.feature[key].int64_list.value[0])
+
+
+def decode_example(example: tf.train.Example, where: str
+                   ) -> Tuple[str, np.ndarray, Optional[np.ndarray], int, int]:
+  """Decodes a record in numpy.
+
+  Returns:
+    (file name, uint8 [H, W, 3] image, int32 [H, W] label or None when the
+    record has none, label divisor, ignore label).
+
+  Raises:
+    ValueError: naming the record when its image or label does not decode.
+  """
+  name = _feature_bytes(example, tfrecord.IMAGE_FILENAME).decode()
+  try:
+    image = np.asarray(Image.open(io.BytesIO(
+        _feature_bytes(example, tfrecord.IMAGE_ENCODED))).convert("RGB"))
+    label_bytes = _feature_bytes(example, tfrecord.PANOPTIC_ENCODED)
+    label = tfrecord.decode_panoptic_png(label_bytes) if label_bytes else None
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+    raise ValueError(f"{where}: record of {name!r} does not decode: {e}") from e
+  if label is not None and label.shape != image.shape[:2]:
+    raise ValueError(f"{where}: record of {name!r}: label {label.shape} and image "
+                     f"{image.shape[:2]} differ in size.")
+  return (name, image, label, _feature_int(example, tfrecord.PANOPTIC_LABEL_DIVISOR),
+          _feature_int(example, tfrecord.PANOPTIC_IGNORE_LABEL))
+
+
+def overlay(image: np.ndarray, segments, colors) -> np.ndarray:
+  """Tints each segment, draws boundaries white and hatches crowd regions.
+
+  Args:
+    image: uint8 [H, W, 3].
+    segments: from ``coco_format.segments_from_panoptic``.
+    colors: one RGB colour per segment.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  out = image.astype(np.float32) * (1 - _OVERLAY_ALPHA)
+  owner = np.full(image.shape[:2], -1, np.int64)
+  height, width = image.shape[:2]
+  hatch = ((np.arange(height)[:, None] + np.arange(width)[None, :]) // 4) % 2 == 0
+  for index, ((_, _, iscrowd, mask), color) in enumerate(zip(segments, colors)):
+    tint = np.asarray(color, np.float32) * _OVERLAY_ALPHA
+    region = mask & hatch if iscrowd else mask
+    out[region] += tint
+    out[mask & ~region] += image[mask & ~region].astype(np.float32) * _OVERLAY_ALPHA
+    owner[mask] = index
+  # Void keeps only the darkened image. Boundaries: owner differs from a neighbour.
+  edge = np.zeros(owner.shape, bool)
+  edge[:-1] |= owner[:-1] != owner[1:]
+  edge[:, :-1] |= owner[:, :-1] != owner[:, 1:]
+  out[edge] = 255.0
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _save_png(array: np.ndarray, path: str) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def inspect(file_pattern: str, output_dir: str,
+            info: Optional[dataset_info_lib.DatasetInfo] = None,
+            max_images: Optional[int] = None, overlays: bool = True) -> dict:
+  """Writes the records of ``file_pattern`` in COCO panoptic format.
+
+  Args:
+    file_pattern: glob(s) of TFRecord files (comma-separated allowed).
+    output_dir: the output folder (created).
+    info: the description; default: ``find_dataset_info``.
+    max_images: stop after this many images.
+    overlays: also write the overlay images.
+
+  Returns:
+    The COCO panoptic dict written to ``panoptic.json``.
+
+  Raises:
+    ValueError: naming the file / record on a bad input.
+  """
+  files = sorted({f for p in file_pattern.split(",") if p.strip()
+                  for f in glob.glob(p.strip())})
+  if not files:
+    raise ValueError(f"No file matches {file_pattern!r}.")
+  if info is None:
+    info = find_dataset_info(files)
+  os.makedirs(os.path.join(output_dir, PANOPTIC_DIR), exist_ok=True)
+  if overlays:
+    os.makedirs(os.path.join(output_dir, OVERLAY_DIR), exist_ok=True)
+  images, annotations = [], []
+  seen = set()
+  for path, example in read_records(files):
+    if max_images is not None and len(images) >= max_images:
+      break
+    name, image, label, divisor, ignore = decode_example(example, path)
+    if (divisor, ignore) != (info.label_divisor, info.ignore_label):
+      raise ValueError(f"{path}: record of {name!r} has label divisor {divisor} and "
+                       f"ignore label {ignore}; the description {info.name!r} has "
+                       f"{info.label_divisor} and {info.ignore_label}.")
+    stem = os.path.splitext(name)[0]
+    if stem in seen:
+      raise ValueError(f"{path}: image name {name!r} appears twice; the outputs "
+                       "would overwrite each other.")
+    seen.add(stem)
+    if label is None:
+      label = np.full(image.shape[:2], info.ignore_label * info.label_divisor, np.int32)
+    try:
+      segments = coco_format.segments_from_panoptic(label, info)
+    except ValueError as e:
+      raise ValueError(f"{path}: record of {name!r}: {e}") from e
+    colors = coco_format.segment_colors(info, segments)
+    id_map = np.zeros(image.shape[:2] + (3,), np.uint8)
+    segments_info = []
+    for (_, category_id, iscrowd, mask), color in zip(segments, colors):
+      id_map[mask] = color
+      segments_info.append({
+          "id": coco_format.segment_id_of_color(color), "category_id": category_id,
+          "iscrowd": int(iscrowd), "area": int(mask.sum()),
+          "bbox": coco_format.bbox_of(mask)})
+    png_name = stem + ".png"
+    _save_png(id_map, os.path.join(output_dir, PANOPTIC_DIR, png_name))
+    if overlays:
+      _save_png(overlay(image, segments, colors),
+                os.path.join(output_dir, OVERLAY_DIR, png_name))
+    image_id = image_id_of(name)
+    images.append({"id": image_id, "file_name": name, "height": int(image.shape[0]),
+                   "width": int(image.shape[1])})
+    annotations.append({"image_id": image_id, "file_name": png_name,
+                        "segments_info": segments_info})
+  result = {"images": images, "annotations": annotations,
+            "categories": info.coco_categories()}
+  json_path = os.path.join(output_dir, PANOPTIC_JSON)
+  tmp = f"{json_path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(result, f)
+  os.replace(tmp, json_path)
+  return result
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("tfrecord", None, "Glob(s) of TFRecord files, comma-separated.")
+  flags.DEFINE_string("output_dir", None, "Output folder.")
+  flags.DEFINE_string("dataset_info_json", None,
+                      "Dataset description (default: dataset_info.json beside the "
+                      "shards).")
+  flags.DEFINE_string("dataset", None, "A registered dataset name (instead of a file).")
+  flags.DEFINE_integer("max_images", None, "Write at most this many images.")
+  flags.DEFINE_boolean("overlays", True, "Write overlay images.")
+
+
+def main(argv: List[str]) -> Optional[int]:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    files = sorted({f for p in FLAGS.tfrecord.split(",") if p.strip()
+                    for f in glob.glob(p.strip())})
+    if not files:
+      raise ValueError(f"No file matches {FLAGS.tfrecord!r}.")
+    info = find_dataset_info(files, FLAGS.dataset_info_json, FLAGS.dataset)
+    result = inspect(FLAGS.tfrecord, FLAGS.output_dir, info, FLAGS.max_images,
+                     FLAGS.overlays)
+  except ValueError as e:
+    print(f"inspect: error: {e}", file=sys.stderr)
+    return 1
+  num_segments = sum(len(a["segments_info"]) for a in result["annotations"])
+  print(f"Wrote {len(result['images'])} images ({num_segments} segments) to "
+        f"{FLAGS.output_dir}: {PANOPTIC_JSON}, {PANOPTIC_DIR}/, "
+        f"{OVERLAY_DIR + '/' if FLAGS.overlays else ''}")
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["tfrecord", "output_dir"])
+  app.run(main)
