@@ -12,32 +12,31 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import preprocessing
 
 
-def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int]):
-  """The evaluation preprocessing of the reader, on a batch of same-size images.
+def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int],
+                eval_resize: str = preprocessing.FIT_SHRINK_ONLY, short_side: int = 800,
+                max_long_side: int = 1333):
+  """The reader's evaluation preprocessing, on a batch of same-size images.
 
-  Images larger than ``input_size`` are shrunk bilinearly (keeping the aspect
-  ratio, with the same float32 arithmetic as ``preprocessing.resize_to_fit``),
-  padded bottom/right with raw value 127.5 and normalised to [-1, 1].
+  The resized size comes from ``preprocessing.eval_resize_size`` (the function the
+  reader uses), the image is resized bilinearly only when that size differs, padded
+  bottom/right with raw value 127.5 and normalised to [-1, 1].
 
   Args:
     images: uint8 ``[batch, height, width, 3]``.
     input_size: static ``(H, W)`` of the model input.
+    eval_resize, short_side, max_long_side: as ``build_dataset``'s eval options.
 
   Returns:
     ``(inputs [batch, H, W, 3] float32, (resized_height, resized_width))``.
   """
   height, width = input_size
   x = tf.cast(images, tf.float32)
-  fshape = tf.cast(tf.shape(images)[1:3], tf.float32)
-  factor = tf.minimum(height / fshape[0], width / fshape[1])
-
-  def shrink():
-    size = tf.cast(tf.round(fshape * factor), tf.int32)
-    size = tf.clip_by_value(size, 1, tf.constant([height, width]))
-    return tf.image.resize(x, size, method=tf.image.ResizeMethod.BILINEAR)
-
-  x = tf.cond(factor < 1.0, shrink, lambda: x)
-  rh, rw = tf.shape(x)[1], tf.shape(x)[2]
+  shape = tf.shape(images)[1:3]
+  size = preprocessing.eval_resize_size(shape, (height, width), eval_resize, short_side,
+                                        max_long_side)
+  x = tf.cond(tf.reduce_all(tf.equal(size, shape)), lambda: x,
+              lambda: tf.image.resize(x, size, method=tf.image.ResizeMethod.BILINEAR))
+  rh, rw = size[0], size[1]
   x = tf.pad(x, [[0, 0], [0, height - rh], [0, width - rw], [0, 0]],
              constant_values=preprocessing.IMAGE_PAD_VALUE)
   x = preprocessing.normalize_image(x)
@@ -57,19 +56,24 @@ class PanopticExportModule(tf.Module):
     model: the trained model.
     postprocessor: ``(outputs, (H, W)) -> dict``.
     input_size: model input size (H, W), the evaluation crop size.
+    eval_resize, short_side, max_long_side: the evaluation resize of the reader
+      (``build_dataset``'s ``eval_resize``, ``eval_short_side``, ``max_long_side``).
   """
 
   def __init__(self, model: keras.Model, postprocessor: Callable,
-               input_size: Sequence[int] = gin.REQUIRED):
+               input_size: Sequence[int] = gin.REQUIRED,
+               eval_resize: str = preprocessing.FIT_SHRINK_ONLY, short_side: int = 800,
+               max_long_side: int = 1333):
     super().__init__(name="panoptic_export")
     self.model = model
     self.postprocessor = postprocessor
     self.input_size = (int(input_size[0]), int(input_size[1]))
+    self._resize = (eval_resize, short_side, max_long_side)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
   def serve(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
     height, width = tf.shape(images)[1], tf.shape(images)[2]
-    inputs, (rh, rw) = fit_and_pad(images, self.input_size)
+    inputs, (rh, rw) = fit_and_pad(images, self.input_size, *self._resize)
     outputs = self.model(inputs, training=False)
     predictions = self.postprocessor(outputs, self.input_size)
     result = {}
