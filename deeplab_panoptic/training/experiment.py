@@ -109,11 +109,17 @@ class Experiment:
     if not tf.io.gfile.glob(pattern):
       raise FileNotFoundError(f"No files match {pattern!r} "
                               f"(ExperimentConfig.{'train' if training else 'eval'}_file_pattern).")
-    with gin.config_scope("train" if training else "eval"):
-      ds = reader.build_dataset(
-          file_pattern=pattern, dataset_info=self.info, is_training=training,
-          batch_size=cfg.train_batch_size if training else cfg.eval_batch_size)
-    return self.strategy.experimental_distribute_dataset(ds)
+    scope = "train" if training else "eval"
+    batch_size = cfg.train_batch_size if training else cfg.eval_batch_size
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+      # One pipeline per host, sharded by input_context, batched per replica.
+      with gin.config_scope(scope):
+        return reader.build_dataset(
+            file_pattern=pattern, dataset_info=self.info, is_training=training,
+            batch_size=batch_size, input_context=input_context)
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   def _optimizer(self) -> OptimizerGroup:
     backbone = self.model.pixel_encoder.trainable_variables
