@@ -77,12 +77,15 @@ def run_main(argv: List[str]) -> int:
     if FLAGS.mode != "summary":
       check_model_dir(FLAGS.model_dir)
     import gin  # pylint: disable=g-import-not-at-top
+    from deeplab_panoptic.data.convert import ConversionError  # pylint: disable=g-import-not-at-top
     from deeplab_panoptic.training import experiment  # pylint: disable=g-import-not-at-top
     if FLAGS.tpu:
       gin.bind_parameter("build_strategy.tpu", FLAGS.tpu)
     try:
       exp = experiment.Experiment(FLAGS.model_dir or "", FLAGS.mode)
       result = exp.run()
+    except ConversionError as e:
+      raise UsageError(f"data: {e}") from e
     except (ValueError, TypeError) as e:
       if "gin" in str(e).lower() or "required" in str(e).lower():
         raise UsageError(f"bad gin configuration: {str(e).splitlines()[0]}") from e

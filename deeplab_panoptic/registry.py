@@ -15,3 +15,4 @@ from deeplab_panoptic.data import reader
 from deeplab_panoptic.export import saved_model
 from deeplab_panoptic.losses import mask_losses
 from deeplab_panoptic.postprocess import panoptic
+from deeplab_panoptic.losses import panoptic_segformer

@@ -476,7 +476,7 @@ def _check_config(output_dir: str, splits: List[str], config: dict,
   info_path = os.path.join(output_dir, DATASET_INFO_FILE)
   previous_info = _read_json_or_none(info_path)
   if previous_info is not None and previous_info != dataset_info_lib.to_json(info):
-    raise ValueError(f"{output_dir} holds a conversion made with another dataset "
+    raise ConversionError(f"{output_dir} holds a conversion made with another dataset "
                      f"description ({info_path}). Use another --output_dir, or "
                      "delete the old one.")
   path = os.path.join(output_dir, CONFIG_FILE)
@@ -485,7 +485,7 @@ def _check_config(output_dir: str, splits: List[str], config: dict,
     previous = {split: previous for split in splits}  # Flat file of older versions.
   for split in splits:
     if split in previous and previous[split] != config:
-      raise ValueError(
+      raise ConversionError(
           f"{output_dir} holds a conversion made with {previous[split]}, not {config}. "
           "Use another --output_dir, or delete the old one.")
   existed = os.path.exists(path)

@@ -46,6 +46,9 @@ class ExperimentConfig:
     prepare_data: optional callable run before anything reads data (the shapes
       quickstart generates its dataset here when missing).
     continuous_eval_timeout: seconds continuous_eval waits for a new checkpoint.
+    loss: the loss class, ``(batch, outputs) -> {name: scalar}`` with
+      common.LOSS_TOTAL (``@MaskTransformerLoss`` for the DeepLab family,
+      ``@PanopticSegFormerLoss`` for Panoptic SegFormer).
   """
   train_file_pattern: Optional[str] = None
   eval_file_pattern: Optional[str] = None
@@ -60,6 +63,7 @@ class ExperimentConfig:
   jit_compile: bool = False
   prepare_data: Optional[Callable[[], None]] = None
   continuous_eval_timeout: int = 3600
+  loss: Callable[[], Callable] = MaskTransformerLoss
 
 
 class Experiment:
@@ -129,7 +133,7 @@ class Experiment:
       return OptimizerGroup(backbone, others)
 
   def _loss(self):
-    return MaskTransformerLoss()
+    return self.config.loss()
 
   def _checkpoint(self, optimizer: Optional[OptimizerGroup], global_step: tf.Variable):
     items = {"model": self.model}
