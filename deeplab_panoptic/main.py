@@ -9,6 +9,10 @@ import os
 import sys
 from typing import List, Sequence
 
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) hides the
+# training progress on CPU machines; users can still set the variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from absl import app
 from absl import flags
 from absl import logging
