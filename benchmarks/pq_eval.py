@@ -323,8 +323,11 @@ def generate(folder, num_images, height, width, seed=0):
 # ============================================================================
 # Part 2: accumulation cost inside evaluation versus the model's forward time.
 # ============================================================================
-def forward_time(height, width, repeats):
-  """Seconds per image of the quickstart model's forward pass (batch 1, tf.function)."""
+def forward_time(height, width, repeats, gin_file=GIN_FILE, gin_params=()):
+  """Seconds per image of a model's forward pass (batch 1, tf.function).
+
+  The model is the quickstart's unless ``gin_file`` / ``gin_params`` say otherwise.
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, REPO_ROOT)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -333,8 +336,9 @@ def forward_time(height, width, repeats):
   cwd = os.getcwd()
   os.chdir(REPO_ROOT)
   try:
-    main_lib.parse_gin([GIN_FILE], [f"ExperimentConfig.eval_input_size=({height}, {width})",
-                                    f"PanopticExportModule.input_size=({height}, {width})"])
+    main_lib.parse_gin([gin_file], list(gin_params) + [
+        f"ExperimentConfig.eval_input_size=({height}, {width})",
+        f"PanopticExportModule.input_size=({height}, {width})"])
     exp = experiment.Experiment(tempfile.mkdtemp(), "summary")
   finally:
     os.chdir(cwd)
@@ -424,6 +428,11 @@ def main():
   parser.add_argument("--official", action="store_true",
                       help="internal: run the official algorithm on the files below")
   parser.add_argument("--forward", default=None, help="internal: time the forward at H,W")
+  parser.add_argument("--model_gin_file", default=GIN_FILE,
+                      help="gin file of the model whose forward time is the reference")
+  parser.add_argument("--model_gin_param", action="append", default=[],
+                      help="gin bindings for that model (repeatable)")
+  parser.add_argument("--forward_repeats", type=int, default=20)
   parser.add_argument("--gt_json")
   parser.add_argument("--pred_json")
   parser.add_argument("--output_json")
@@ -437,7 +446,8 @@ def main():
     return
   if args.forward:
     h, w = (int(v) for v in args.forward.split(","))
-    print(json.dumps(forward_time(h, w, repeats=20)))
+    print(json.dumps(forward_time(h, w, args.forward_repeats, args.model_gin_file,
+                                  args.model_gin_param)))
     return
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="pq_eval_")
@@ -476,7 +486,10 @@ def main():
     acc = accumulation_time(h, w, num_images=20)
     fwd = None
     if not args.skip_model:
-      _, out = _timed([sys.executable, os.path.abspath(__file__), f"--forward={h},{w}"])
+      _, out = _timed([sys.executable, os.path.abspath(__file__), f"--forward={h},{w}",
+                       f"--model_gin_file={args.model_gin_file}",
+                       f"--forward_repeats={args.forward_repeats}"]
+                      + [f"--model_gin_param={p}" for p in args.model_gin_param])
       fwd = json.loads(out.strip().splitlines()[-1])
     for name, seconds in acc.items():
       row = f"| {w}x{h} | {name} | {1e3 * seconds:.2f} ms |"
