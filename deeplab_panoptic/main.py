@@ -91,7 +91,9 @@ def run_main(argv: List[str]) -> int:
     except ConversionError as e:
       raise UsageError(f"data: {e}") from e
     except (ValueError, TypeError) as e:
-      if "gin" in str(e).lower() or "required" in str(e).lower():
+      # Only a missing gin binding is a configuration error; anything else is a
+      # real failure whose traceback the user needs.
+      if "Required bindings" in str(e) or "not provided in config" in str(e):
         raise UsageError(f"bad gin configuration: {str(e).splitlines()[0]}") from e
       raise
     if FLAGS.mode == "summary":

@@ -16,3 +16,10 @@ from deeplab_panoptic.export import saved_model
 from deeplab_panoptic.losses import mask_losses
 from deeplab_panoptic.postprocess import panoptic
 from deeplab_panoptic.losses import panoptic_segformer
+from deeplab_panoptic.modeling.pixel_encoders import axial_resnet
+from deeplab_panoptic.modeling.pixel_decoders import max_deeplab as max_pixel_decoder
+from deeplab_panoptic.modeling.transformer_decoders import max_deeplab as max_transformer_decoder
+from deeplab_panoptic.modeling.pixel_encoders import pvtv2
+from deeplab_panoptic.modeling.pixel_decoders import deformable as deformable_pixel_decoder
+from deeplab_panoptic.modeling.transformer_decoders import panoptic_segformer as panoptic_segformer_decoder
+from deeplab_panoptic.postprocess import mask_merging

@@ -157,6 +157,69 @@ def overlay(image: np.ndarray, segments, colors) -> np.ndarray:
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def label_segments(image: np.ndarray, segments, info: dataset_info_lib.DatasetInfo,
+                   min_area: int = 64) -> np.ndarray:
+  """Writes each segment's class name on it (white on a dark box).
+
+  The name sits at the segment's pixel nearest to its centroid, so it lies on
+  the segment even when the segment is not convex. Segments smaller than
+  ``min_area`` pixels get no name, to keep the picture readable.
+
+  Args:
+    image: uint8 [H, W, 3], typically from :func:`overlay`.
+    segments: from ``coco_format.segments_from_panoptic``.
+    info: the dataset description (names by dataset category id).
+    min_area: smallest named segment, in pixels.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  from PIL import ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+  name_of = {c.dataset_id: c.name for c in info.classes}
+  picture = Image.fromarray(image)
+  draw = ImageDraw.Draw(picture)
+  font = ImageFont.load_default()
+  height, width = image.shape[:2]
+  for _, category_id, iscrowd, mask in segments:
+    ys, xs = np.nonzero(mask)
+    if ys.size < min_area:
+      continue
+    nearest = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+    text = name_of[category_id] + (" (crowd)" if iscrowd else "")
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    text_w, text_h = right - left, bottom - top
+    x = int(np.clip(xs[nearest] - text_w // 2, 0, max(width - text_w - 2, 0)))
+    y = int(np.clip(ys[nearest] - text_h // 2, 0, max(height - text_h - 2, 0)))
+    draw.rectangle((x, y, x + text_w + 2, y + text_h + 2), fill=(0, 0, 0))
+    draw.text((x + 1 - left, y + 1 - top), text, fill=(255, 255, 255), font=font)
+  return np.asarray(picture)
+
+
+def panoptic_overlay(image: np.ndarray, panoptic: np.ndarray,
+                     info: dataset_info_lib.DatasetInfo, class_names: bool = True
+                     ) -> np.ndarray:
+  """The overlay picture of a panoptic label map (shared by inspect and predict).
+
+  Segments tinted in their colours, segment (hence instance) outlines in white,
+  crowd regions hatched, void left dark, and optionally the class names.
+
+  Args:
+    image: uint8 [H, W, 3].
+    panoptic: int [H, W], ``train_id * label_divisor + instance``.
+    info: the dataset description.
+    class_names: write each segment's class name on it.
+
+  Returns:
+    uint8 [H, W, 3].
+
+  Raises:
+    ValueError: if the map holds a class outside the description.
+  """
+  segments = coco_format.segments_from_panoptic(panoptic, info)
+  picture = overlay(image, segments, coco_format.segment_colors(info, segments))
+  return label_segments(picture, segments, info) if class_names else picture
+
+
 def _save_png(array: np.ndarray, path: str) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   try:

@@ -1,15 +1,52 @@
-"""SavedModel export: uint8 images in, panoptic maps at the original resolution out."""
+"""SavedModel export: images in three encodings, panoptic maps at the original resolution out.
 
+Signatures (every one returns the same outputs, see :class:`PanopticExportModule`):
+
+* ``serving_default``: ``images`` uint8 ``[batch, height, width, 3]``, any size,
+  batch >= 1 (one size per request, as a dense tensor has).
+* ``serve_encoded_images``: ``encoded_images`` string ``[batch]``, JPEG / PNG (or
+  GIF / BMP) files. Images of one request may differ in size.
+* ``serve_tf_example``: ``serialized_examples`` string ``[batch]``, serialized
+  ``tf.train.Example`` in this library's TFRecord schema (``data/tfrecord.py``);
+  only the image is used, a stored label is checked and ignored. Sizes may differ.
+
+When the images of a request differ in size, the maps are returned padded
+bottom/right with void to the largest height and width of the request, and
+``original_height`` / ``original_width`` say which part belongs to each image.
+
+The dataset description (classes, dataset category ids, colours, label divisor,
+ignore label) travels inside the SavedModel: ``loaded.export_info()`` returns it
+as JSON (see :func:`read_export_info`), and ``assets.extra/export_info.json``
+holds the same text for tools that do not load TensorFlow.
+"""
+
+import json
 import os
-import shutil
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import gin
 import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic import common
+from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import preprocessing
+from deeplab_panoptic.data import tfrecord
+
+# Per mask slot: the panoptic label (semantic * label_divisor + instance) of the
+# segment the slot belongs to, -1 when it holds no pixel at the original size.
+SEGMENT_IDS = "segment_ids"
+
+SERVING_DEFAULT = "serving_default"
+SERVE_ENCODED_IMAGES = "serve_encoded_images"
+SERVE_TF_EXAMPLE = "serve_tf_example"
+# Signature name -> its single input's name.
+SIGNATURE_INPUTS = {
+    SERVING_DEFAULT: "images",
+    SERVE_ENCODED_IMAGES: "encoded_images",
+    SERVE_TF_EXAMPLE: "serialized_examples",
+}
+EXPORT_INFO_FILE = os.path.join("assets.extra", "export_info.json")
 
 
 def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int],
@@ -43,51 +80,201 @@ def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int],
   return tf.ensure_shape(x, [None, height, width, 3]), (rh, rw)
 
 
-@gin.configurable(denylist=["model", "postprocessor"])
+@gin.configurable(denylist=["model", "postprocessor", "dataset_info"])
 class PanopticExportModule(tf.Module):
   """Serving module around a trained model and its panoptic postprocessor.
 
-  Signature ``serving_default``: ``images`` uint8 ``[batch, height, width, 3]`` (any
-  size, batch >= 1) -> ``panoptic``, ``semantic``, ``instance`` int32
-  ``[batch, height, width]`` at the input resolution, and per-slot
-  ``segment_classes`` int32, ``segment_scores`` float32 ``[batch, N]``.
+  Outputs of every signature (``B`` images, ``N`` mask slots, ``H x W`` the
+  largest original size in the request -- the image size when all agree):
+
+  * ``panoptic`` int32 ``[B, H, W]``: ``semantic * label_divisor + instance``,
+    void ``ignore_label * label_divisor`` (also the padding).
+  * ``semantic`` int32 ``[B, H, W]``: train ids, ``ignore_label`` at void.
+  * ``instance`` int32 ``[B, H, W]``: instance ids, 0 for stuff and void.
+  * ``segment_classes`` int32 ``[B, N]``: the class of each slot, -1 for a slot
+    the postprocessor dropped (as the postprocessor returns it).
+  * ``segment_scores`` float32 ``[B, N]``: the class confidence of each slot.
+  * ``segment_ids`` int32 ``[B, N]``: the panoptic label of the segment each slot
+    belongs to, -1 when it holds no pixel at the original resolution.
+  * ``segment_areas`` int32 ``[B, N]``: pixels of that segment at the original
+    resolution (0 with id -1). Stuff slots of one class form one segment, so they
+    share its id and area: count each segment id once.
+  * ``original_height``, ``original_width`` int32 ``[B]``.
 
   Args:
     model: the trained model.
-    postprocessor: ``(outputs, (H, W)) -> dict``.
+    postprocessor: ``(outputs, (H, W)) -> dict`` with ``common.PANOPTIC``,
+      ``SEMANTIC``, ``INSTANCE``, ``SEGMENT_CLASSES``, ``SEGMENT_SCORES`` and
+      optionally ``SEGMENT_IDS`` (per slot, at the model input size). Without
+      ``SEGMENT_IDS`` the per-pixel-argmax convention is assumed: a thing slot
+      ``i`` has instance ``i + 1``, stuff slots instance 0.
     input_size: model input size (H, W), the evaluation crop size.
     eval_resize, short_side, max_long_side: the evaluation resize of the reader
       (``build_dataset``'s ``eval_resize``, ``eval_short_side``, ``max_long_side``).
+    dataset_info: the dataset description stored in the SavedModel; default: the
+      gin-selected ``dataset_info()``.
   """
 
   def __init__(self, model: keras.Model, postprocessor: Callable,
                input_size: Sequence[int] = gin.REQUIRED,
                eval_resize: str = preprocessing.FIT_SHRINK_ONLY, short_side: int = 800,
-               max_long_side: int = 1333):
+               max_long_side: int = 1333,
+               dataset_info: Optional[dataset_info_lib.DatasetInfo] = None):
     super().__init__(name="panoptic_export")
     self.model = model
     self.postprocessor = postprocessor
     self.input_size = (int(input_size[0]), int(input_size[1]))
     self._resize = (eval_resize, short_side, max_long_side)
+    info = dataset_info if dataset_info is not None else dataset_info_lib.dataset_info()
+    self._info = info
+    self._export_info_json = json.dumps({
+        "dataset_info": dataset_info_lib.to_json(info),
+        "input_size": list(self.input_size),
+        "eval_resize": eval_resize, "short_side": short_side,
+        "max_long_side": max_long_side,
+        "signatures": SIGNATURE_INPUTS,
+    })
 
+  @property
+  def export_info_json(self) -> str:
+    return self._export_info_json
+
+  @property
+  def signatures(self) -> Dict[str, Any]:
+    """Signature name -> concrete function, as ``tf.saved_model.save`` takes them."""
+    return {SERVING_DEFAULT: self.serve, SERVE_ENCODED_IMAGES: self.serve_encoded_images,
+            SERVE_TF_EXAMPLE: self.serve_tf_example}
+
+  # ------------------------------------------------------------------ signatures
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
   def serve(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    """uint8 ``[B, H, W, 3]`` -> the outputs listed in the class docstring."""
+    batch = tf.shape(images)[0]
     inputs, (rh, rw) = fit_and_pad(images, self.input_size, *self._resize)
+    resized = tf.tile(tf.stack([rh, rw])[tf.newaxis], [batch, 1])
+    original = tf.tile(tf.shape(images)[tf.newaxis, 1:3], [batch, 1])
+    return self._predict(inputs, resized, original)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="encoded_images")])
+  def serve_encoded_images(self, encoded_images: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """string ``[B]`` image files -> the outputs listed in the class docstring."""
+    def decode(data: tf.Tensor) -> tf.Tensor:
+      return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    return self._predict_each(encoded_images, decode)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="serialized_examples")])
+  def serve_tf_example(self, serialized_examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """string ``[B]`` serialized tf.Examples -> the outputs listed in the class docstring."""
+    def decode(data: tf.Tensor) -> tf.Tensor:
+      return tfrecord.decode_record(data, source="the serving request")[common.IMAGE]
+    return self._predict_each(serialized_examples, decode)
+
+  @tf.function(input_signature=[])
+  def export_info(self) -> tf.Tensor:
+    """The export description (dataset, input size, resize, signatures) as JSON."""
+    return tf.constant(self._export_info_json)
+
+  # ------------------------------------------------------------------ internals
+  def _predict_each(self, data: tf.Tensor, decode: Callable[[tf.Tensor], tf.Tensor]
+                    ) -> Dict[str, tf.Tensor]:
+    """Decodes and preprocesses each element on its own (sizes may differ)."""
+    height, width = self.input_size
+
+    def one(element: tf.Tensor):
+      image = decode(element)
+      inputs, (rh, rw) = fit_and_pad(image[tf.newaxis], self.input_size, *self._resize)
+      return inputs[0], tf.stack([rh, rw]), tf.shape(image)[:2]
+
+    inputs, resized, original = tf.map_fn(
+        one, data, fn_output_signature=(tf.TensorSpec([height, width, 3], tf.float32),
+                                        tf.TensorSpec([2], tf.int32),
+                                        tf.TensorSpec([2], tf.int32)))
+    return self._predict(inputs, resized, original)
+
+  def _predict(self, inputs: tf.Tensor, resized: tf.Tensor, original: tf.Tensor
+               ) -> Dict[str, tf.Tensor]:
+    """Model, postprocessor, and the undoing of the preprocessing.
+
+    Args:
+      inputs: float32 ``[B, H, W, 3]`` model inputs.
+      resized: int32 ``[B, 2]`` valid (height, width) inside each padded input.
+      original: int32 ``[B, 2]`` original (height, width) of each image.
+
+    Returns:
+      The outputs listed in the class docstring.
+    """
+    info = self._info
+    void = tf.constant([info.ignore_label * info.label_divisor, info.ignore_label, 0],
+                       tf.int32)
     outputs = self.model(inputs, training=False)
     predictions = self.postprocessor(outputs, self.input_size)
-    result = {}
-    for key in (common.PANOPTIC, common.SEMANTIC, common.INSTANCE):
-      valid = predictions[key][:, :rh, :rw, None]
-      valid = tf.image.resize(valid, tf.stack([height, width]), method="nearest")
-      result[key] = valid[..., 0]
-    result[common.SEGMENT_CLASSES] = predictions[common.SEGMENT_CLASSES]
-    result[common.SEGMENT_SCORES] = predictions[common.SEGMENT_SCORES]
-    return result
+    maps = tf.stack([predictions[common.PANOPTIC], predictions[common.SEMANTIC],
+                     predictions[common.INSTANCE]], axis=-1)           # [B, H, W, 3]
+    out_size = tf.reduce_max(original, axis=0)
+
+    def restore(args):
+      one_map, valid, size = args
+      one_map = tf.image.resize(one_map[:valid[0], :valid[1]], size, method="nearest")
+      # Pad with void; a per-channel pad value needs a mask rather than tf.pad.
+      padded = tf.pad(one_map, [[0, out_size[0] - size[0]], [0, out_size[1] - size[1]],
+                                [0, 0]])
+      rows = tf.range(out_size[0])[:, tf.newaxis] < size[0]
+      cols = tf.range(out_size[1])[tf.newaxis, :] < size[1]
+      return tf.where(tf.logical_and(rows, cols)[..., tf.newaxis], padded, void)
+
+    maps = tf.map_fn(restore, (maps, resized, original),
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.int32))
+    panoptic = maps[..., 0]
+    classes = predictions[common.SEGMENT_CLASSES]
+    segment_ids = self._segment_ids(predictions)
+    areas = self._areas(panoptic, segment_ids)
+    return {
+        common.PANOPTIC: panoptic,
+        common.SEMANTIC: maps[..., 1],
+        common.INSTANCE: maps[..., 2],
+        common.SEGMENT_CLASSES: classes,
+        common.SEGMENT_SCORES: predictions[common.SEGMENT_SCORES],
+        SEGMENT_IDS: tf.where(areas > 0, segment_ids, -1),
+        common.SEGMENT_AREAS: areas,
+        common.ORIGINAL_HEIGHT: original[:, 0],
+        common.ORIGINAL_WIDTH: original[:, 1],
+    }
+
+  def _segment_ids(self, predictions: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """int32 ``[B, N]`` panoptic label of each slot's segment, -1 for dropped slots."""
+    if SEGMENT_IDS in predictions:
+      return predictions[SEGMENT_IDS]
+    classes = predictions[common.SEGMENT_CLASSES]
+    num_slots = tf.shape(classes)[1]
+    is_thing = tf.gather(tf.constant(self._info.is_thing, tf.bool), tf.maximum(classes, 0))
+    instance = tf.where(is_thing, tf.range(1, num_slots + 1)[tf.newaxis], 0)
+    return tf.where(classes >= 0, classes * self._info.label_divisor + instance, -1)
+
+  def _areas(self, panoptic: tf.Tensor, segment_ids: tf.Tensor) -> tf.Tensor:
+    """Pixels of each slot's segment in ``panoptic`` (0 for id -1).
+
+    Args:
+      panoptic: int32 ``[B, H, W]`` at the original resolution.
+      segment_ids: int32 ``[B, N]``.
+
+    Returns:
+      int32 ``[B, N]``.
+    """
+    info = self._info
+    # Every label is below (ignore_label + 1) * label_divisor: one histogram per
+    # image, all in one bincount through per-image offsets.
+    num_labels = (info.ignore_label + 1) * info.label_divisor
+    batch = tf.shape(panoptic)[0]
+    flat = tf.reshape(panoptic, [batch, -1]) + tf.range(batch)[:, tf.newaxis] * num_labels
+    counts = tf.math.bincount(flat, minlength=batch * num_labels,
+                              maxlength=batch * num_labels, dtype=tf.int32)
+    counts = tf.reshape(counts, [batch, num_labels])
+    areas = tf.gather(counts, tf.clip_by_value(segment_ids, 0, num_labels - 1), batch_dims=1)
+    return tf.where(segment_ids >= 0, areas, 0)
 
 
 def export_saved_model(module: PanopticExportModule, export_dir: str) -> str:
-  """Writes the SavedModel to ``export_dir`` through a temporary directory.
+  """Writes the SavedModel (all signatures) to ``export_dir`` through a temporary directory.
 
   Returns:
     ``export_dir``.
@@ -95,8 +282,37 @@ def export_saved_model(module: PanopticExportModule, export_dir: str) -> str:
   tmp_dir = export_dir.rstrip("/") + ".tmp"
   if tf.io.gfile.exists(tmp_dir):
     tf.io.gfile.rmtree(tmp_dir)
-  tf.saved_model.save(module, tmp_dir, signatures={"serving_default": module.serve})
+  tf.saved_model.save(module, tmp_dir, signatures=module.signatures)
+  tf.io.gfile.makedirs(os.path.join(tmp_dir, os.path.dirname(EXPORT_INFO_FILE)))
+  with tf.io.gfile.GFile(os.path.join(tmp_dir, EXPORT_INFO_FILE), "w") as f:
+    f.write(module.export_info_json)
   if tf.io.gfile.exists(export_dir):
     tf.io.gfile.rmtree(export_dir)
   tf.io.gfile.rename(tmp_dir, export_dir)
   return export_dir
+
+
+def read_export_info(loaded: Any) -> Dict[str, Any]:
+  """The export description of a loaded SavedModel.
+
+  Args:
+    loaded: ``tf.saved_model.load(export_dir)``.
+
+  Returns:
+    ``{"dataset_info": {...}, "input_size": [H, W], ...}``.
+
+  Raises:
+    ValueError: if the SavedModel was not written by :func:`export_saved_model`.
+  """
+  if not hasattr(loaded, "export_info"):
+    raise ValueError("The SavedModel holds no export_info: export it again with "
+                     "this version (python main.py --mode=export).")
+  return json.loads(loaded.export_info().numpy().decode("utf-8"))
+
+
+def dataset_info_from_export(export_info: Dict[str, Any]) -> dataset_info_lib.DatasetInfo:
+  """The dataset description stored in an export."""
+  data = export_info["dataset_info"]
+  return dataset_info_lib.from_categories_list(
+      data.get("name", "dataset"), data["categories"], int(data["label_divisor"]),
+      int(data["ignore_label"]), source="the SavedModel's export_info")

@@ -47,8 +47,12 @@ class MaskTransformer(keras.Model):
     self.pixel_encoder = pixel_encoder
     self.pixel_decoder = pixel_decoder
     self.transformer_decoder = transformer_decoder
-    self.predictor = predictor if predictor is not None else MaskTransformerPredictor(
-        name="predictor")
+    # A decoder with `predicts_outputs` (Panoptic SegFormer) returns the output dict
+    # itself, so no predictor is built for it.
+    self._decoder_predicts = bool(getattr(transformer_decoder, "predicts_outputs", False))
+    if predictor is None and not self._decoder_predicts:
+      predictor = MaskTransformerPredictor(name="predictor")
+    self.predictor = predictor
     self.semantic_head = semantic_head
     self.output_stride = output_stride
     self.semantic_at_inference = semantic_at_inference
@@ -56,7 +60,8 @@ class MaskTransformer(keras.Model):
   @property
   def training_only_layers(self) -> List[keras.layers.Layer]:
     """Parts used only by the training losses (left out of the paper's params)."""
-    return [self.semantic_head] if self.semantic_head is not None else []
+    layers = [self.semantic_head] if self.semantic_head is not None else []
+    return layers + list(getattr(self.transformer_decoder, "training_only_layers", []))
 
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
     endpoints = self.pixel_encoder(images, training=training)
@@ -65,10 +70,14 @@ class MaskTransformer(keras.Model):
     if key not in features:
       raise ValueError(f"MaskTransformer.output_stride={self.output_stride} but the pixel "
                        f"decoder gives {sorted(features)}.")
-    class_embedding, mask_embedding, aux = self.transformer_decoder(features, training=training)
-    outputs = dict(self.predictor(features[key], class_embedding, mask_embedding,
-                                  training=training))
-    outputs[common.AUX_OUTPUTS] = aux
+    if self._decoder_predicts:
+      outputs = dict(self.transformer_decoder(features, training=training))
+    else:
+      class_embedding, mask_embedding, aux = self.transformer_decoder(features,
+                                                                      training=training)
+      outputs = dict(self.predictor(features[key], class_embedding, mask_embedding,
+                                    training=training))
+      outputs[common.AUX_OUTPUTS] = aux
     if self.semantic_head is not None and (training or self.semantic_at_inference):
       outputs[common.PRED_SEMANTIC_LOGITS] = self.semantic_head(endpoints, training=training)
     return outputs

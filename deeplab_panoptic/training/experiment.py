@@ -2,11 +2,12 @@
 
 import dataclasses
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import gin
 import orbit
 import tensorflow as tf
+import tf_keras as keras
 from absl import logging
 
 from deeplab_panoptic import common
@@ -49,6 +50,10 @@ class ExperimentConfig:
     loss: the loss class, ``(batch, outputs) -> {name: scalar}`` with
       common.LOSS_TOTAL (``@MaskTransformerLoss`` for the DeepLab family,
       ``@PanopticSegFormerLoss`` for Panoptic SegFormer).
+    postprocessor: the panoptic inference class, called with ``is_thing``,
+      ``label_divisor`` and ``ignore_label`` of the dataset
+      (``@PixelwisePanopticPostprocessor``, or ``@MaskWiseMergingPostprocessor``
+      for Panoptic SegFormer).
   """
   train_file_pattern: Optional[str] = None
   eval_file_pattern: Optional[str] = None
@@ -64,6 +69,10 @@ class ExperimentConfig:
   prepare_data: Optional[Callable[[], None]] = None
   continuous_eval_timeout: int = 3600
   loss: Callable[[], Callable] = MaskTransformerLoss
+  checkpoint_data_iterator: bool = False
+  deterministic_ops: bool = False
+  seed: Optional[int] = None
+  postprocessor: Callable[..., Callable] = PixelwisePanopticPostprocessor
 
 
 class Experiment:
@@ -75,11 +84,17 @@ class Experiment:
     self.mode = mode
     self.model_dir = model_dir
     self.config = ExperimentConfig()
+    if self.config.seed is not None:
+      # Before any layer exists: layers pick their random generator when built.
+      keras.utils.set_random_seed(self.config.seed)
+      keras.backend.experimental.enable_tf_random_generator()
+    if self.config.deterministic_ops:
+      tf.config.experimental.enable_op_determinism()
     self.info = dataset_info_lib.dataset_info()
     self.strategy = strategies.build_strategy()
     with self.strategy.scope():
       self.model = MaskTransformer()
-      self.postprocessor = PixelwisePanopticPostprocessor(
+      self.postprocessor = self.config.postprocessor(
           is_thing=self.info.is_thing, label_divisor=self.info.label_divisor,
           ignore_label=self.info.ignore_label)
       self._build_model()
@@ -135,8 +150,9 @@ class Experiment:
   def _loss(self):
     return self.config.loss()
 
-  def _checkpoint(self, optimizer: Optional[OptimizerGroup], global_step: tf.Variable):
-    items = {"model": self.model}
+  def _checkpoint(self, optimizer: Optional[OptimizerGroup], global_step: tf.Variable,
+                  **extra_items):
+    items = {"model": self.model, **extra_items}
     if optimizer is not None:
       items.update(optimizer.checkpoint_items())
     checkpoint = tf.train.Checkpoint(global_step=global_step, **items)
@@ -161,34 +177,57 @@ class Experiment:
     tf.io.gfile.makedirs(self.model_dir)
     self._prepare_data()
     if self.mode in ("train", "train_and_eval"):
-      optimizer = self._optimizer()
-      global_step = optimizer.iterations
-      train_ds = self._dataset(True)
-      trainer = trainer_lib.PanopticTrainer(
-          self.strategy, self.model, self._loss(), optimizer, train_ds,
-          cfg.train_batch_size, cfg.train_steps, jit_compile=cfg.jit_compile)
-      evaluator = self._evaluator(global_step) if self.mode == "train_and_eval" else None
-      manager = self._checkpoint(optimizer, global_step)
-      controller = orbit.Controller(
-          strategy=self.strategy, trainer=trainer, evaluator=evaluator,
-          global_step=global_step, steps_per_loop=cfg.steps_per_loop,
-          checkpoint_manager=manager, summary_interval=cfg.steps_per_loop,
-          summary_dir=os.path.join(self.model_dir, "train"),
-          eval_summary_dir=os.path.join(self.model_dir, "eval"))
-      self.write_operative_config()
+      with trainer_lib.PreemptionWatcher() as preemption:
+        return self._train(preemption)
+    return self._eval_or_export()
+
+  def _train(self, preemption: trainer_lib.PreemptionWatcher) -> Optional[dict]:
+    cfg = self.config
+    optimizer = self._optimizer()
+    global_step = optimizer.iterations
+    train_ds = self._dataset(True)
+    trainer = trainer_lib.PanopticTrainer(
+        self.strategy, self.model, self._loss(), optimizer, train_ds,
+        cfg.train_batch_size, cfg.train_steps, jit_compile=cfg.jit_compile,
+        preemption=preemption)
+    evaluator = self._evaluator(global_step) if self.mode == "train_and_eval" else None
+    extra = {"train_data": trainer.data_iterator()} if cfg.checkpoint_data_iterator else {}
+    generators = self._layer_random_generators()
+    if generators:
+      extra["layer_random_generators"] = generators
+    manager = self._checkpoint(optimizer, global_step, **extra)
+    controller = orbit.Controller(
+        strategy=self.strategy, trainer=trainer, evaluator=evaluator,
+        global_step=global_step, steps_per_loop=cfg.steps_per_loop,
+        checkpoint_manager=manager, summary_interval=cfg.steps_per_loop,
+        summary_dir=os.path.join(self.model_dir, "train"),
+        eval_summary_dir=os.path.join(self.model_dir, "eval"))
+    self.write_operative_config()
+    self._write_config_summary(global_step)
+    try:
       if evaluator is None:
         controller.train(cfg.train_steps)
       else:
         controller.train_and_evaluate(cfg.train_steps, eval_steps=-1,
                                       eval_interval=cfg.eval_interval or cfg.train_steps)
-      manager.save(checkpoint_number=global_step, check_interval=False)
-      self.write_operative_config()
-      return evaluator.last_results if evaluator is not None else None
+    except trainer_lib.TrainingPreempted as e:
+      path = manager.save(checkpoint_number=global_step, check_interval=False)
+      e.message = f"{e.message}; checkpoint saved to {path} (rerun to resume)"
+      print(e.message, flush=True)
+      logging.warning(e.message)
+      raise
+    manager.save(checkpoint_number=global_step, check_interval=False)
+    self.write_operative_config()
+    return evaluator.last_results if evaluator is not None else None
+
+  def _eval_or_export(self) -> Optional[dict]:
+    cfg = self.config
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     manager = self._checkpoint(None, global_step)
     if self.mode == "export":
       self._restore(manager)
-      module = saved_model.PanopticExportModule(self.model, self.postprocessor)
+      module = saved_model.PanopticExportModule(self.model, self.postprocessor,
+                                                dataset_info=self.info)
       path = saved_model.export_saved_model(module, os.path.join(self.model_dir, "export"))
       print(f"export | step {int(global_step.numpy())} | SavedModel written to {path}",
             flush=True)
@@ -204,6 +243,30 @@ class Experiment:
       controller.evaluate_continuously(steps=-1, timeout=cfg.continuous_eval_timeout)
     self.write_operative_config()
     return evaluator.last_results
+
+  def _write_config_summary(self, step: tf.Variable) -> None:
+    """The operative gin config as TensorBoard text (train/, tab "Text")."""
+    # Indented lines render as a code block in TensorBoard's markdown.
+    text = "\n".join("    " + line for line in gin.operative_config_str().splitlines())
+    writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+    with writer.as_default():
+      tf.summary.text("operative_config", text, step=step)
+    writer.flush()
+    writer.close()
+
+  def _layer_random_generators(self) -> List[tf.random.Generator]:
+    """The tf.random.Generator of every Keras random layer (dropout), in model order.
+
+    Keras leaves them out of checkpoints on purpose; a run with ``seed`` saves
+    them beside the model so that a resumed run continues their streams. Random
+    ops outside Keras layers (``tf.random.uniform``) have no saved state.
+    """
+    generators = []
+    for layer in self.model.submodules:
+      generator = getattr(getattr(layer, "_random_generator", None), "_generator", None)
+      if isinstance(generator, tf.random.Generator):
+        generators.append(generator)
+    return generators
 
   def _restore(self, manager: tf.train.CheckpointManager) -> None:
     path = manager.latest_checkpoint

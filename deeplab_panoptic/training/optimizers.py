@@ -60,29 +60,45 @@ def learning_rate_schedule(base_learning_rate: float = 1e-3, total_steps: int = 
 def make_optimizer(learning_rate, name: str = "adamw", weight_decay: float = 0.0,
                    beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
                    momentum: float = 0.9, clipnorm: Optional[float] = None,
-                   use_ema: bool = False, ema_momentum: float = 0.999):
+                   use_ema: bool = False, ema_momentum: float = 0.999,
+                   sma_threshold: float = 5.0, lookahead: bool = False,
+                   lookahead_sync_period: int = 6, lookahead_slow_step_size: float = 0.5):
   """Builds one tf_keras optimizer.
 
   Args:
     learning_rate: a float or schedule.
-    name: "adam", "adamw" or "sgd".
-    weight_decay: decoupled weight decay (AdamW / SGD).
+    name: "adam", "adamw", "radam" (RAdam, tensorflow-addons' RectifiedAdam) or "sgd".
+    weight_decay: decoupled weight decay (AdamW / SGD / RAdam).
     beta_1, beta_2, epsilon: Adam parameters (Keras defaults).
     momentum: SGD momentum.
     clipnorm: optional per-variable gradient norm clipping.
     use_ema, ema_momentum: exponential moving average of the weights.
+    sma_threshold: RAdam's rectification threshold (tensorflow-addons' default).
+    lookahead: wrap the optimizer in Lookahead (MaX-DeepLab: RAdam + Lookahead).
+    lookahead_sync_period: Lookahead's k.
+    lookahead_slow_step_size: Lookahead's alpha.
   """
   common_args = dict(clipnorm=clipnorm, use_ema=use_ema, ema_momentum=ema_momentum)
   if name == "adam":
-    return keras.optimizers.Adam(learning_rate, beta_1=beta_1, beta_2=beta_2,
-                                 epsilon=epsilon, **common_args)
-  if name == "adamw":
-    return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, beta_1=beta_1,
-                                  beta_2=beta_2, epsilon=epsilon, **common_args)
-  if name == "sgd":
-    return keras.optimizers.SGD(learning_rate, momentum=momentum,
-                                weight_decay=weight_decay or None, **common_args)
-  raise ValueError(f"Unknown optimizer {name!r}; use 'adam', 'adamw' or 'sgd'.")
+    optimizer = keras.optimizers.Adam(learning_rate, beta_1=beta_1, beta_2=beta_2,
+                                      epsilon=epsilon, **common_args)
+  elif name == "adamw":
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay,
+                                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                                       **common_args)
+  elif name == "radam":
+    optimizer = RAdam(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                      weight_decay=weight_decay, sma_threshold=sma_threshold, **common_args)
+  elif name == "sgd":
+    optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum,
+                                     weight_decay=weight_decay or None, **common_args)
+  else:
+    raise ValueError(f"Unknown optimizer make_optimizer.name={name!r}; "
+                     "use 'adam', 'adamw', 'radam' or 'sgd'.")
+  if lookahead:
+    optimizer = Lookahead(optimizer, sync_period=lookahead_sync_period,
+                          slow_step_size=lookahead_slow_step_size)
+  return optimizer
 
 
 def _no_decay(variable: tf.Variable) -> bool:
@@ -134,3 +150,282 @@ class OptimizerGroup(tf.Module):
 
   def checkpoint_items(self) -> Dict[str, tf.Module]:
     return {"optimizer": self.main, "backbone_optimizer": self.backbone}
+
+
+# ----------------------------------------------------------------------------
+# RAdam and Lookahead: tensorflow-addons' `RectifiedAdam` and `Lookahead` (the
+# package supports only TF <= 2.15) as tf_keras optimizers, with the same
+# constructor arguments and update rule.
+
+
+def _value_at(value, step: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+  """A float hyper-parameter, or a schedule evaluated at ``step``, as ``dtype``."""
+  if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
+    value = value(step)
+  return _as(value, dtype)
+
+
+def _as(value, dtype: tf.DType) -> tf.Tensor:
+  """``value`` as ``dtype``; Python numbers convert directly (tf.cast would go
+  through float32 first and round float64 hyper-parameters)."""
+  if isinstance(value, (int, float)):
+    return tf.constant(value, dtype)
+  return tf.cast(value, dtype)
+
+
+@gin.configurable
+class RAdam(keras.optimizers.Optimizer):
+  """Rectified Adam (Liu et al. 2020), the update of tensorflow-addons' ``RectifiedAdam``.
+
+  With ``t`` the 1-based step, ``rho_inf = 2 / (1 - beta_2) - 1`` and
+  ``rho_t = rho_inf - 2 t beta_2^t / (1 - beta_2^t)``, each step does::
+
+    m = beta_1 m + (1 - beta_1) g          m_hat = m / (1 - beta_1^t)
+    v = beta_2 v + (1 - beta_2) g^2        v_hat = sqrt(v / (1 - beta_2^t))   (amsgrad: max of v)
+    r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+    u = r_t m_hat / (v_hat + epsilon)  if rho_t >= sma_threshold  else  m_hat
+    var -= lr_t (u + weight_decay var)
+
+  where ``lr_t`` is the learning rate, optionally with the optimizer's own linear
+  warm-up over ``warmup_proportion * total_steps`` and linear decay to ``min_lr``
+  at ``total_steps`` (when ``total_steps > 0``, as tensorflow-addons).
+
+  Weight decay follows tensorflow-addons (added to the update, scaled by the
+  learning rate); variables passed to ``exclude_from_weight_decay`` get none.
+
+  Args:
+    learning_rate: float or schedule of the step.
+    beta_1: decay of the first moment.
+    beta_2: decay of the second moment.
+    epsilon: added to the denominator after the square root.
+    weight_decay: float or schedule; decoupled weight decay scaled by lr.
+    amsgrad: use the maximum of past second moments.
+    sma_threshold: the rectification applies once rho_t reaches this value.
+    total_steps: > 0 enables the built-in warm-up and decay of the rate.
+    warmup_proportion: fraction of ``total_steps`` spent warming up.
+    min_lr: rate reached at ``total_steps``.
+    name: optimizer name.
+    **kwargs: tf_keras Optimizer arguments (clipnorm, global_clipnorm, use_ema,
+      ema_momentum, jit_compile, ...).
+  """
+
+  def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+               epsilon: float = 1e-7, weight_decay=0.0, amsgrad: bool = False,
+               sma_threshold: float = 5.0, total_steps: int = 0,
+               warmup_proportion: float = 0.1, min_lr: float = 0.0,
+               name: str = "RectifiedAdam", **kwargs):
+    # The base class's own weight decay would use the undecayed rate and run
+    # before the update; ours follows tensorflow-addons inside update_step.
+    kwargs.pop("weight_decay", None)
+    super().__init__(name=name, weight_decay=None, **kwargs)
+    self._learning_rate = self._build_learning_rate(learning_rate)
+    self.beta_1 = beta_1
+    self.beta_2 = beta_2
+    self.epsilon = epsilon
+    self.decoupled_weight_decay = weight_decay
+    self.amsgrad = amsgrad
+    self.sma_threshold = sma_threshold
+    self.total_steps = int(total_steps)
+    self.warmup_proportion = warmup_proportion
+    self.min_lr = min_lr
+
+  def build(self, var_list: Sequence[tf.Variable]) -> None:
+    """Creates the first and second moments (and their maximum with amsgrad)."""
+    super().build(var_list)
+    if getattr(self, "_built", False):
+      return
+    self._built = True
+    self._momentums = [self.add_variable_from_reference(v, "m") for v in var_list]
+    self._velocities = [self.add_variable_from_reference(v, "v") for v in var_list]
+    if self.amsgrad:
+      self._velocity_hats = [self.add_variable_from_reference(v, "vhat") for v in var_list]
+
+  def update_step(self, gradient, variable) -> None:
+    """One RAdam update of ``variable`` (any shape) with ``gradient`` (same shape)."""
+    dtype = variable.dtype
+    if isinstance(gradient, tf.IndexedSlices):
+      # tensorflow-addons' sparse update also decays every row of m, v and var.
+      gradient = tf.convert_to_tensor(gradient)
+    gradient = tf.cast(gradient, dtype)
+    index = self._index_dict[self._var_key(variable)]
+    m = self._momentums[index]
+    v = self._velocities[index]
+    lr = tf.cast(self.learning_rate, dtype)
+    beta_1 = _as(self.beta_1, dtype)
+    beta_2 = _as(self.beta_2, dtype)
+    local_step = tf.cast(self.iterations + 1, dtype)
+    beta_1_power = tf.pow(beta_1, local_step)
+    beta_2_power = tf.pow(beta_2, local_step)
+
+    if self.total_steps > 0:
+      total_steps = _as(self.total_steps, dtype)
+      warmup_steps = total_steps * _as(self.warmup_proportion, dtype)
+      decay_steps = tf.maximum(total_steps - warmup_steps, 1.0)
+      decay_rate = (_as(self.min_lr, dtype) - lr) / decay_steps
+      lr = tf.where(local_step <= warmup_steps, lr * (local_step / warmup_steps),
+                    lr + decay_rate * tf.minimum(local_step - warmup_steps, decay_steps))
+
+    sma_inf = 2.0 / (1.0 - beta_2) - 1.0
+    sma_t = sma_inf - 2.0 * local_step * beta_2_power / (1.0 - beta_2_power)
+
+    m.assign(beta_1 * m + (1.0 - beta_1) * gradient)
+    m_corr = m / (1.0 - beta_1_power)
+    v.assign(beta_2 * v + (1.0 - beta_2) * tf.square(gradient))
+    if self.amsgrad:
+      v_hat = self._velocity_hats[index]
+      v_hat.assign(tf.maximum(v_hat, v))
+      v_corr = tf.sqrt(v_hat / (1.0 - beta_2_power))
+    else:
+      v_corr = tf.sqrt(v / (1.0 - beta_2_power))
+    # Before the threshold rho_t - 4 can be negative: the sqrt is NaN there but
+    # tf.where discards it (as in tensorflow-addons).
+    r_t = tf.sqrt((sma_t - 4.0) / (sma_inf - 4.0) * (sma_t - 2.0) / (sma_inf - 2.0)
+                  * sma_inf / sma_t)
+    update = tf.where(sma_t >= _as(self.sma_threshold, dtype),
+                      r_t * m_corr / (v_corr + _as(self.epsilon, dtype)), m_corr)
+    if self._has_weight_decay() and self._use_weight_decay(variable):
+      update += _value_at(self.decoupled_weight_decay, self.iterations, dtype) * variable
+    variable.assign_sub(lr * update)
+
+  def _has_weight_decay(self) -> bool:
+    wd = self.decoupled_weight_decay
+    return callable(wd) or float(wd) != 0.0
+
+  def get_config(self) -> dict:
+    config = super().get_config()
+    wd = self.decoupled_weight_decay
+    config.update({
+        "learning_rate": self._serialize_hyperparameter(self._learning_rate),
+        "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+        "weight_decay": (keras.optimizers.schedules.serialize(wd)
+                         if isinstance(wd, keras.optimizers.schedules.LearningRateSchedule)
+                         else wd),
+        "amsgrad": self.amsgrad, "sma_threshold": self.sma_threshold,
+        "total_steps": self.total_steps, "warmup_proportion": self.warmup_proportion,
+        "min_lr": self.min_lr,
+    })
+    return config
+
+
+@gin.configurable
+class Lookahead(keras.optimizers.Optimizer):
+  """Lookahead (Zhang et al. 2019) around any tf_keras optimizer, as tensorflow-addons.
+
+  The wrapped ("fast") optimizer updates the variables every step; slow copies
+  start at the variables' values before the first step, and every
+  ``sync_period`` steps (when the 1-based step is a multiple of it)::
+
+    slow = slow + slow_step_size (var - slow);  var = slow
+
+  The step counter is the wrapped optimizer's (``iterations``), so learning-rate
+  schedules and checkpoints see one count.
+
+  Args:
+    optimizer: the wrapped tf_keras optimizer (or its name / config for
+      ``keras.optimizers.get``).
+    sync_period: fast steps between synchronisations (k).
+    slow_step_size: interpolation factor of the slow weights (alpha).
+    name: optimizer name.
+  """
+
+  def __init__(self, optimizer, sync_period: int = 6, slow_step_size: float = 0.5,
+               name: str = "Lookahead", **kwargs):
+    super().__init__(name=name, weight_decay=None, jit_compile=False, **kwargs)
+    if isinstance(optimizer, (str, dict)):
+      optimizer = keras.optimizers.get(optimizer)
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+      raise TypeError(f"Lookahead wraps a tf_keras optimizer, got {type(optimizer).__name__}.")
+    if int(sync_period) < 1:
+      raise ValueError(f"Lookahead sync_period must be >= 1, got {sync_period}.")
+    if not 0.0 <= slow_step_size <= 1.0:
+      raise ValueError(f"Lookahead slow_step_size must be in [0, 1], got {slow_step_size}.")
+    self._optimizer = optimizer
+    self.sync_period = int(sync_period)
+    self.slow_step_size = float(slow_step_size)
+
+  def _create_iteration_variable(self) -> None:
+    # The wrapped optimizer's counter is the only one (see `iterations`).
+    pass
+
+  @property
+  def inner_optimizer(self) -> keras.optimizers.Optimizer:
+    return self._optimizer
+
+  @property
+  def iterations(self) -> tf.Variable:
+    return self._optimizer.iterations
+
+  @property
+  def learning_rate(self):
+    return self._optimizer.learning_rate
+
+  def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+    self._optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+
+  def build(self, var_list: Sequence[tf.Variable]) -> None:
+    """Builds the wrapped optimizer and one slow copy per variable."""
+    self._optimizer.build(var_list)
+    if getattr(self, "_built", False):
+      return
+    super().build(var_list)
+    self._built = True
+    self._slow_weights = [
+        self.add_variable_from_reference(v, "slow", initial_value=v) for v in var_list]
+
+  def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
+                      **kwargs):
+    """Applies the wrapped optimizer, then the Lookahead synchronisation."""
+    grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+    if not grads_and_vars:
+      return self.iterations
+    variables = [v for _, v in grads_and_vars]
+    with tf.init_scope():
+      self.build(variables)
+    # Before the first step ever, the slow weights take the variables' current
+    # values: tensorflow-addons creates them lazily there, so a warm start that
+    # restores weights after build is still followed.
+    self._update_slow(variables, first_step=True)
+    self._optimizer.apply_gradients(
+        grads_and_vars, name=name, skip_gradients_aggregation=skip_gradients_aggregation,
+        **kwargs)
+    self._update_slow(variables, first_step=False)
+    return self.iterations
+
+  def _update_slow(self, variables: Sequence[tf.Variable], first_step: bool) -> None:
+    def distributed_fn(distribution, variables, **unused_kwargs):
+      for variable in variables:
+        slow = self._slow_weights[self._index_dict[self._var_key(variable)]]
+        fn = self._copy_on_first_step if first_step else self._synchronise
+        distribution.extended.update(variable, fn, args=(slow,), group=False)
+
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        distributed_fn, self._distribution_strategy, variables)
+
+  def _copy_on_first_step(self, variable, slow) -> None:
+    slow.assign(tf.where(tf.equal(self.iterations, 0), variable, slow))
+
+  def _synchronise(self, variable, slow) -> None:
+    # Runs after the fast update, so `iterations` is already the 1-based step.
+    sync = tf.equal(self.iterations % self.sync_period, 0)
+    step_back = slow + _as(self.slow_step_size, variable.dtype) * (variable - slow)
+    slow.assign(tf.where(sync, step_back, slow))
+    variable.assign(tf.where(sync, step_back, variable))
+
+  def finalize_variable_values(self, var_list) -> None:
+    self._optimizer.finalize_variable_values(var_list)
+
+  def get_config(self) -> dict:
+    config = super().get_config()
+    config.update({"optimizer": keras.optimizers.serialize(self._optimizer),
+                   "sync_period": self.sync_period,
+                   "slow_step_size": self.slow_step_size})
+    return config
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    optimizer = keras.optimizers.deserialize(config.pop("optimizer"),
+                                             custom_objects=custom_objects)
+    for key in ("is_legacy_optimizer", "weight_decay", "jit_compile"):
+      config.pop(key, None)
+    return cls(optimizer, **config)

@@ -1,5 +1,8 @@
 """Orbit trainer: the train step, loss summaries and console progress."""
 
+import re
+import signal
+import threading
 import time
 from typing import Callable, Dict, Optional
 
@@ -17,6 +20,52 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or Inf."""
 
 
+class TrainingPreempted(SystemExit):
+  """SIGTERM arrived: a checkpoint was saved and the process exits with 143.
+
+  A SystemExit, so that ``main.py`` ends with the conventional status 128 + 15
+  and a scheduler restarts the same command, which resumes from the checkpoint.
+  """
+
+  def __init__(self, message: str):
+    super().__init__(143)
+    self.message = message
+
+  def __str__(self) -> str:
+    return self.message
+
+
+class PreemptionWatcher:
+  """Records SIGTERM (a preemption notice) instead of dying at once.
+
+  The trainer polls ``requested`` at the end of every loop of ``steps_per_loop``
+  steps, so the grace period of the platform (about 30 s on Cloud VMs) must
+  cover one loop plus one checkpoint write.
+  """
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+
+  @property
+  def requested(self) -> bool:
+    return self._event.is_set()
+
+  def request(self) -> None:
+    self._event.set()
+
+  def __enter__(self) -> "PreemptionWatcher":
+    # Signal handlers can only be installed from the main thread.
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.request())
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
 class PanopticTrainer(orbit.StandardTrainer):
   """Trains a mask transformer with a dict-valued loss.
 
@@ -30,11 +79,14 @@ class PanopticTrainer(orbit.StandardTrainer):
     total_steps: the run's length, for the ETA.
     jit_compile: compile the per-replica step with XLA (needs an XLA-compilable
       loss, i.e. the "tpu" matcher).
+    preemption: when given and SIGTERM has arrived, the end of the current loop
+      raises TrainingPreempted (the caller saves a checkpoint).
   """
 
   def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                loss_fn: Callable, optimizer: OptimizerGroup, train_dataset,
-               global_batch_size: int, total_steps: int, jit_compile: bool = False):
+               global_batch_size: int, total_steps: int, jit_compile: bool = False,
+               preemption: Optional[PreemptionWatcher] = None):
     self.strategy = strategy
     self.model = model
     self.loss_fn = loss_fn
@@ -50,8 +102,15 @@ class PanopticTrainer(orbit.StandardTrainer):
     self._loop_start_step = 0
     self._run_start: Optional[float] = None
     self._run_start_step = 0
+    self._preemption = preemption
     super().__init__(train_dataset, options=orbit.StandardTrainerOptions(
         use_tf_while_loop=False))
+
+  def data_iterator(self):
+    """The training iterator (created now if needed), for checkpointing its position."""
+    if self._train_iter is None:
+      self._train_iter = tf.nest.map_structure(iter, self.train_dataset)
+    return self._train_iter
 
   def _metric(self, name: str) -> keras.metrics.Mean:
     if name not in self._metrics:
@@ -64,8 +123,29 @@ class PanopticTrainer(orbit.StandardTrainer):
     outputs = self.model(batch[common.IMAGE], training=True)
     for name in self.loss_fn(batch, outputs):
       self._metric(name)
+    self._metric(_GRADIENT_NORM)
+
+  def _create_metrics_from_spec(self) -> None:
+    """Creates the loss metrics before the first step, from a trace of the loss.
+
+    Metric variables cannot be created inside a replica function of a
+    multi-replica strategy; tracing (not running) the model and the loss on the
+    dataset's element spec gives the loss names without touching any state
+    (no batch is consumed, no batch-norm statistic moves).
+    """
+    spec = tf.nest.map_structure(
+        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,  # pylint: disable=protected-access
+        self.train_dataset.element_spec)
+    trace = tf.function(lambda batch: self.loss_fn(
+        batch, self.model(batch[common.IMAGE], training=True)))
+    names = list(trace.get_concrete_function(spec).structured_outputs)
+    for name in names:
+      self._metric(name)
+    self._metric(_GRADIENT_NORM)
 
   def train_loop_begin(self):
+    if not self._metrics:
+      self._create_metrics_from_spec()
     for m in self._metrics.values():
       m.reset_state()
     self._loop_start = time.time()
@@ -90,17 +170,39 @@ class PanopticTrainer(orbit.StandardTrainer):
     def step_fn(batch):
       losses, grads = self._forward_backward_fn(batch)
       total = losses[common.LOSS_TOTAL]
+      checks = []
       if not self._jit_compile:
-        tf.debugging.Assert(tf.math.is_finite(total), [
-            "Training loss is not finite at step", self.global_step + 1, "total:", total])
-      self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        # Every term goes into the message, so the error names the culprit; the
+        # update waits for the check, so the weights stay at the last good step.
+        data = [_NON_FINITE_MARK, self.global_step + 1]
+        for name, value in losses.items():
+          data += [f"{name}=", value]
+        checks.append(tf.debugging.Assert(tf.math.is_finite(total), data, summarize=1))
+      with tf.control_dependencies(checks):
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
       for name, value in losses.items():
         self._metric(name).update_state(value)
+      # This replica's gradient of the mean loss (undoing the 1/replicas scale);
+      # with one replica it is the norm the optimizer sees.
+      self._metric(_GRADIENT_NORM).update_state(
+          tf.linalg.global_norm([g for g in grads if g is not None])
+          * self.strategy.num_replicas_in_sync)
 
     self.strategy.run(step_fn, args=(next(iterator),))
 
+  def train(self, num_steps):
+    try:
+      return super().train(num_steps)
+    except tf.errors.InvalidArgumentError as e:
+      if _NON_FINITE_MARK not in str(e):
+        raise
+      raise NonFiniteLossError(_non_finite_message(str(e))) from None
+
   def train_loop_end(self):
-    logs = {f"losses/{name}": m.result() for name, m in self._metrics.items()}
+    logs = {f"losses/{name}": m.result() for name, m in self._metrics.items()
+            if name != _GRADIENT_NORM}
+    if _GRADIENT_NORM in self._metrics:
+      logs["gradient_norm"] = self._metrics[_GRADIENT_NORM].result()
     step = int(self.global_step.numpy())
     total = float(self._metrics[common.LOSS_TOTAL].result()) \
         if common.LOSS_TOTAL in self._metrics else float("nan")
@@ -115,12 +217,29 @@ class PanopticTrainer(orbit.StandardTrainer):
     run_rate = (step - self._run_start_step) / max(now - self._run_start, 1e-9)
     eta = (self.total_steps - step) / run_rate if run_rate > 0 else float("inf")
     logs["images_per_second"] = images_per_s
+    logs["step_time_seconds"] = max(now - self._loop_start, 0.0) / loop_steps
     msg = (f"train | step {step:>6d}/{self.total_steps} | loss {total:.4f} | "
            f"lr {float(logs['learning_rate']):.2e} | {images_per_s:.1f} images/s | "
            f"ETA {_format_seconds(eta)}")
     print(msg, flush=True)
     logging.info(msg)
+    if self._preemption is not None and self._preemption.requested:
+      raise TrainingPreempted(f"train | SIGTERM received: stopping at step {step}")
     return logs
+
+
+_NON_FINITE_MARK = "Training loss is not finite at step"
+_GRADIENT_NORM = "__gradient_norm"  # a metric name no loss term can take
+
+
+def _non_finite_message(error: str) -> str:
+  """One line from tf.debugging.Assert's text: ``[mark] [step] [name=] [value] ...``."""
+  text = error[error.index("[" + _NON_FINITE_MARK):].splitlines()[0]
+  fields = re.findall(r"\[([^\[\]]*)\]", text)
+  step = fields[1] if len(fields) > 1 else "?"
+  terms = ", ".join(f"{fields[i]}{fields[i + 1]}" for i in range(2, len(fields) - 1, 2))
+  return (f"{_NON_FINITE_MARK} {step} ({terms}): stopping before its update; the last "
+          "checkpoint holds the last good weights (lower the learning rate or check the data).")
 
 
 def _format_seconds(seconds: float) -> str:

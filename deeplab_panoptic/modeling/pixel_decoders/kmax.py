@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from deeplab_panoptic.modeling import utils
 from deeplab_panoptic.modeling.layers import conv
+from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock
 from deeplab_panoptic.modeling.layers.coord_conv import CoordConv
 
 
@@ -49,12 +50,16 @@ class KMaXPixelDecoder(keras.layers.Layer):
     strides: decoder strides, coarse to fine, e.g. (32, 16, 8, 4).
     num_blocks: residual blocks per stage.
     filters: bottleneck width per stage (output width is ``filters * expansion``).
-    block_types: "bottleneck" per stage ("axial" arrives with axial attention).
+    block_types: "bottleneck" or "axial" per stage. An axial block (deeplab2's
+      kMaX decoder at strides 32 and 16) has a 1x1 conv to ``2 * filters``,
+      position-sensitive axial attention with ``filters`` key and ``2 * filters``
+      value width, and a 1x1 conv to ``filters * expansion``.
     expansion: bottleneck expansion.
     activation: activation function.
     drop_path_rate: drop path of the residual blocks.
     coord_conv: pass every stage output through a coord-conv (CMT-DeepLab eq. 12),
       giving the transformer decoder absolute position; off in kMaX-DeepLab.
+    num_heads: heads of the axial attention blocks.
   """
 
   def __init__(self, strides: Sequence[int] = (32, 16, 8, 4),
@@ -62,7 +67,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
                filters: Sequence[int] = (512, 256, 128, 64),
                block_types: Sequence[str] = ("bottleneck",) * 4,
                expansion: int = 4, activation: str = "gelu",
-               drop_path_rate: float = 0.0, coord_conv: bool = False, **kwargs):
+               drop_path_rate: float = 0.0, coord_conv: bool = False,
+               num_heads: int = 8, **kwargs):
     super().__init__(**kwargs)
     if not len(strides) == len(num_blocks) == len(filters) == len(block_types):
       raise ValueError("KMaXPixelDecoder: strides, num_blocks, filters and block_types "
@@ -74,14 +80,21 @@ class KMaXPixelDecoder(keras.layers.Layer):
     self._fuses = []
     self._stages = []
     for i, (s, n, f, t) in enumerate(zip(strides, num_blocks, filters, block_types)):
-      if t != "bottleneck":
+      if t not in ("bottleneck", "axial"):
         raise ValueError(f"KMaXPixelDecoder: unknown block type {t!r} at stride {s}; "
-                         "supported: 'bottleneck'.")
+                         "supported: 'bottleneck', 'axial'.")
       self._fuses.append(None if i == 0 else
                          ResizedFuse(f * expansion, 2, activation, name=f"fuse_s{s}"))
-      self._stages.append([
-          conv.BottleneckBlock(f, expansion, activation, drop_path_rate,
-                               name=f"stage_s{s}_block{j}") for j in range(n)])
+      if t == "axial":
+        self._stages.append([
+            ResidualBlock((2 * f, 2 * f, f * expansion), "axial", key_dim=f,
+                          num_heads=num_heads, activation=activation,
+                          drop_path_rate=drop_path_rate, name=f"stage_s{s}_axial{j}")
+            for j in range(n)])
+      else:
+        self._stages.append([
+            conv.BottleneckBlock(f, expansion, activation, drop_path_rate,
+                                 name=f"stage_s{s}_block{j}") for j in range(n)])
     self._coord_convs = [CoordConv(name=f"coord_conv_s{s}") if coord_conv else None
                          for s in strides]
     self.output_channels = {f"stride{s}": f * expansion for s, f in zip(strides, filters)}

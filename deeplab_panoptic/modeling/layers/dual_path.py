@@ -1,0 +1,151 @@
+"""MaX-DeepLab dual-path transformer layer: a pixel path and a memory path.
+
+The pixel path's own self-attention (P2P) is the axial block the layer follows;
+this layer adds the communication between the two paths and the memory's own
+attention (MaX-DeepLab section 3.2):
+  * M2P + M2M (eq. 14): memory queries attend to the concatenation of pixel keys
+    and memory keys under one softmax;
+  * memory feed-forward network;
+  * P2M (eq. 13): pixel queries attend to the memory keys of the layer's input
+    memory.
+As in deeplab2, similarity logits are batch-normalised per head (in place of the
+1/sqrt(d) scale), retrieved values per head and channel, and each branch ends in a
+1x1 projection whose BN starts at gamma 0, so a fresh layer is the identity.
+"""
+
+import tensorflow as tf
+import tf_keras as keras
+
+from deeplab_panoptic.modeling.layers import conv
+from deeplab_panoptic.modeling.layers.drop_path import DropPath
+
+
+class AttentionOperation(keras.layers.Layer):
+  """softmax(BN(q.k)) v -> BN -> activation, multi-head.
+
+  Inputs: query ``[batch, heads, l, dk]``, key ``[batch, heads, m, dk]``, value
+  ``[batch, m, heads, dv]``. Output ``[batch, l, heads * dv]``.
+  """
+
+  def __init__(self, activation: str = "relu", **kwargs):
+    super().__init__(**kwargs)
+    self._act = conv.get_activation(activation)
+    self._bn_similarity = conv.batch_norm(axis=1, name="batch_norm_similarity")
+    self._bn_value = conv.batch_norm(axis=[1, 3], name="batch_norm_retrieved_value")
+
+  def call(self, inputs, training=None) -> tf.Tensor:
+    query, key, value = inputs
+    logits = self._bn_similarity(tf.einsum("bhld,bhmd->bhlm", query, key),
+                                 training=training)
+    weights = tf.nn.softmax(logits, axis=-1)
+    retrieved = tf.einsum("bhlm,bmhd->bhld", weights, value)
+    retrieved = self._act(self._bn_value(retrieved, training=training))
+    retrieved = tf.transpose(retrieved, [0, 2, 1, 3])
+    length = retrieved.shape[1]
+    return tf.reshape(retrieved, [-1, length, retrieved.shape[2] * retrieved.shape[3]])
+
+
+class DenseBN(keras.layers.Layer):
+  """Dense (1x1 conv, no bias) -> BN -> activation over ``[batch, length, c]``."""
+
+  def __init__(self, units: int, activation=None, gamma_zero: bool = False,
+               stddev=None, **kwargs):
+    super().__init__(**kwargs)
+    init = ("he_normal" if stddev is None
+            else keras.initializers.TruncatedNormal(stddev=stddev))
+    self._dense = keras.layers.Dense(units, use_bias=False, kernel_initializer=init,
+                                     name="dense")
+    self._bn = conv.batch_norm(gamma_zero=gamma_zero, name="bn")
+    self._act = conv.get_activation(activation)
+
+  def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
+    return self._act(self._bn(self._dense(x), training=training))
+
+
+def _split_heads(x: tf.Tensor, num_heads: int) -> tf.Tensor:
+  """``[batch, l, c]`` -> ``[batch, heads, l, c / heads]``."""
+  length, channels = x.shape[1], x.shape[2]
+  x = tf.reshape(x, [-1, length, num_heads, channels // num_heads])
+  return tf.transpose(x, [0, 2, 1, 3])
+
+
+class DualPathTransformerLayer(keras.layers.Layer):
+  """Memory <-> pixel communication of MaX-DeepLab (eqs. 13 and 14) with memory FFN.
+
+  Inputs: pixel ``[batch, h, w, c_pixel]`` (non-activated), memory ``[batch, N,
+  c_memory]`` (activated). Outputs: pixel ``[batch, h, w, c_pixel]``
+  (non-activated) and memory ``[batch, N, c_memory]`` (activated).
+
+  Args:
+    bottleneck_dim: width both paths are projected to before attention.
+    key_dim: total query/key width.
+    value_dim: total value width.
+    num_heads: attention heads.
+    ffn_dim: hidden width of the memory feed-forward network.
+    activation: activation function.
+    drop_path_rate: drop path of the three residual branches (one mask each).
+  """
+
+  def __init__(self, bottleneck_dim: int = 256, key_dim: int = 128, value_dim: int = 256,
+               num_heads: int = 8, ffn_dim: int = 2048, activation: str = "relu",
+               drop_path_rate: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    if key_dim % num_heads or value_dim % num_heads:
+      raise ValueError(f"DualPathTransformerLayer: key_dim {key_dim} and value_dim "
+                       f"{value_dim} must be divisible by num_heads {num_heads}.")
+    self.key_dim, self.value_dim, self.num_heads = key_dim, value_dim, num_heads
+    self._bottleneck_dim = bottleneck_dim
+    self._ffn_dim = ffn_dim
+    self._activation = activation
+    self._act = conv.get_activation(activation)
+    std = bottleneck_dim ** -0.5
+    qkv = 2 * key_dim + value_dim
+    self._memory_conv1 = DenseBN(bottleneck_dim, activation, name="memory_conv1_bn_act")
+    self._pixel_conv1 = DenseBN(bottleneck_dim, activation, name="pixel_conv1_bn_act")
+    self._memory_qkv = DenseBN(qkv, stddev=std, name="memory_qkv_conv_bn")
+    self._pixel_qkv = DenseBN(qkv, stddev=std, name="pixel_qkv_conv_bn")
+    self._memory_attention = AttentionOperation(activation, name="memory_attention")
+    self._pixel_attention = AttentionOperation(activation, name="pixel_attention")
+    self._drop_memory_attention = DropPath(drop_path_rate)
+    self._drop_ffn = DropPath(drop_path_rate)
+    self._drop_pixel = DropPath(drop_path_rate)
+
+  def build(self, input_shape):
+    pixel_shape, memory_shape = input_shape
+    c_pixel, c_memory = int(pixel_shape[-1]), int(memory_shape[-1])
+    self._memory_conv3 = DenseBN(c_memory, gamma_zero=True, name="memory_conv3_bn")
+    self._ffn1 = DenseBN(self._ffn_dim, self._activation, name="memory_ffn_conv1_bn_act")
+    self._ffn2 = DenseBN(c_memory, gamma_zero=True, name="memory_ffn_conv2_bn")
+    self._pixel_conv3 = DenseBN(c_pixel, gamma_zero=True, name="pixel_conv3_bn")
+    super().build(input_shape)
+
+  def call(self, inputs, training=None):
+    pixel_input, memory_input = inputs
+    _, height, width, c_pixel = pixel_input.shape.as_list()
+    pixel_flat = tf.reshape(pixel_input, [-1, height * width, c_pixel])
+    memory = self._memory_conv1(memory_input, training=training)
+    pixel = self._pixel_conv1(self._act(pixel_flat), training=training)
+    split = [self.key_dim, self.key_dim, self.value_dim]
+    m_q, m_k, m_v = tf.split(self._memory_qkv(memory, training=training), split, axis=-1)
+    p_q, p_k, p_v = tf.split(self._pixel_qkv(pixel, training=training), split, axis=-1)
+    h = self.num_heads
+    m_q, m_k, p_q, p_k = [_split_heads(t, h) for t in (m_q, m_k, p_q, p_k)]
+    m_v = tf.reshape(m_v, [-1, m_v.shape[1], h, self.value_dim // h])
+    p_v = tf.reshape(p_v, [-1, height * width, h, self.value_dim // h])
+
+    # M2P + M2M (eq. 14): one softmax over pixel and memory keys.
+    keys = tf.concat([p_k, m_k], axis=2)
+    values = tf.concat([p_v, m_v], axis=1)
+    update = self._memory_attention((m_q, keys, values), training=training)
+    update = self._memory_conv3(update, training=training)
+    memory_out = self._act(memory_input + self._drop_memory_attention(update,
+                                                                      training=training))
+    # Memory FFN.
+    update = self._ffn2(self._ffn1(memory_out, training=training), training=training)
+    memory_out = self._act(memory_out + self._drop_ffn(update, training=training))
+
+    # P2M (eq. 13): pixels read the memory the layer received.
+    update = self._pixel_attention((p_q, m_k, m_v), training=training)
+    update = self._pixel_conv3(update, training=training)
+    pixel_out = pixel_flat + self._drop_pixel(update, training=training)
+    return tf.reshape(pixel_out, [-1, height, width, c_pixel]), memory_out

@@ -1,0 +1,155 @@
+"""MaX-DeepLab pixel decoder: extra stages after the encoder, memory carried along.
+
+Each stage runs at one stride: it fuses the running feature with the last (up to
+two) features already produced at that stride (encoder endpoints count), then
+applies residual blocks, each optionally followed by a dual-path transformer
+layer that keeps updating the memory. MaX-DeepLab-S is the stages
+(16: axial + dual-path, 8: bottleneck, 4: bottleneck); MaX-DeepLab-L's stacked
+hourglass is a longer list of strides (16, 8, 4, 8, 16, 8, 4 ...).
+"""
+
+from typing import Dict, Optional, Sequence
+
+import gin
+import tensorflow as tf
+import tf_keras as keras
+
+from deeplab_panoptic.modeling.layers import conv
+from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock
+from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import (
+    MEMORY, DualPathConfig, block_widths)
+
+
+def resize_align_corners(x: tf.Tensor, size) -> tf.Tensor:
+  """Bilinear resize with aligned corners (deeplab2's choice; exact for 2^k n + 1)."""
+  if tuple(x.shape[1:3]) == tuple(size):
+    return x
+  return tf.raw_ops.ResizeBilinear(images=x, size=list(size), align_corners=True,
+                                  half_pixel_centers=False)
+
+
+class MaXResizedFuse(keras.layers.Layer):
+  """Sums inputs of different size and width at a target size and width.
+
+  An input whose width differs from ``filters`` is activated and projected by a
+  1x1 conv + BN, strided by 2 when it is exactly twice the target size; any
+  remaining size difference is closed by bilinear (aligned-corner) resizing.
+
+  Inputs: list of ``[batch, h_i, w_i, c_i]`` and the target ``(h, w)``; output
+  ``[batch, h, w, filters]`` (non-activated).
+  """
+
+  def __init__(self, filters: int, activation: str, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self._act = conv.get_activation(activation)
+    self._projections = None
+
+  def _make_projections(self, features: Sequence[tf.Tensor], size) -> None:
+    projections = []
+    for i, x in enumerate(features):
+      if int(x.shape[-1]) == self.filters:
+        projections.append(None)
+        continue
+      # A 2x larger input (2n or 2n - 1 for aligned corners) is strided by the conv.
+      strided = tuple(x.shape[1:3]) in ((2 * size[0], 2 * size[1]),
+                                        (2 * size[0] - 1, 2 * size[1] - 1))
+      projections.append(conv.ConvBN(self.filters, 1, 2 if strided else 1,
+                                     name=f"proj{i}"))
+    self._projections = projections
+
+  def call(self, features: Sequence[tf.Tensor], size=None, training=None) -> tf.Tensor:
+    if self._projections is None:
+      self._make_projections(features, size)
+    out = 0.0
+    for x, proj in zip(features, self._projections):
+      if proj is not None:
+        x = proj(self._act(x), training=training)
+      out = out + resize_align_corners(x, size)
+    return out
+
+
+@gin.configurable
+class MaXPixelDecoder(keras.layers.Layer):
+  """Extra decoder stages of MaX-DeepLab (stacked hourglass when strides repeat).
+
+  Input: encoder endpoints ``{"stride<s>": ..., MEMORY: [batch, N, c]}``.
+  Output: ``{"stride<s>": [batch, H/s, W/s, c_s]}`` with the last (non-activated)
+  output at each stride, and ``MEMORY`` updated by the stages' dual-path layers.
+
+  Args:
+    strides: stride of each stage, in order.
+    num_blocks: blocks per stage.
+    filters: base width per stage (see ``axial_resnet.block_widths``).
+    block_kinds: "bottleneck", "axial" or "basic" per stage.
+    transformer: whether each block of a stage is followed by a dual-path layer.
+    expansion: output width = base width * expansion.
+    num_heads: axial attention heads.
+    axial_key_expansion, axial_value_expansion: axial widths (``block_widths``).
+    dual_path: widths of the dual-path layers (must match the encoder's memory).
+    drop_path_rates: drop path per stage.
+    activation: activation function.
+  """
+
+  def __init__(self, strides: Sequence[int] = (16, 8, 4),
+               num_blocks: Sequence[int] = (1, 1, 1),
+               filters: Sequence[int] = (512, 128, 64),
+               block_kinds: Sequence[str] = ("axial", "bottleneck", "bottleneck"),
+               transformer: Sequence[bool] = (True, False, False),
+               expansion: int = 4, num_heads: int = 8,
+               axial_key_expansion: float = 1.0, axial_value_expansion: float = 2.0,
+               dual_path: Optional[DualPathConfig] = None,
+               drop_path_rates: Optional[Sequence[float]] = None,
+               activation: str = "relu", **kwargs):
+    super().__init__(**kwargs)
+    n = len(strides)
+    drop_path_rates = drop_path_rates or (0.0,) * n
+    if not all(len(a) == n for a in (num_blocks, filters, block_kinds, transformer,
+                                      drop_path_rates)):
+      raise ValueError("MaXPixelDecoder: strides, num_blocks, filters, block_kinds, "
+                       "transformer and drop_path_rates need one entry per stage.")
+    self.strides = tuple(strides)
+    dual_path = dual_path if dual_path is not None else DualPathConfig()
+    self._stages = []
+    for i, (s, nb, f, kind, tr, rate) in enumerate(zip(
+        strides, num_blocks, filters, block_kinds, transformer, drop_path_rates)):
+      widths, key_dim = block_widths(kind, f, expansion, axial_key_expansion,
+                                     axial_value_expansion)
+      fuse = MaXResizedFuse(widths[-1], activation, name=f"stage{i}_s{s}_fuse")
+      blocks = []
+      for j in range(nb):
+        block = ResidualBlock(widths, kind, 1, key_dim, num_heads, activation, rate,
+                              name=f"stage{i}_s{s}_block{j + 1}")
+        dpt = (dual_path.make_layer(activation, rate, name=f"stage{i}_s{s}_dual_path{j + 1}")
+               if tr else None)
+        blocks.append((block, dpt))
+      self._stages.append((s, fuse, blocks))
+
+  def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
+    produced = {}
+    for key, value in endpoints.items():
+      if key.startswith("stride"):
+        produced.setdefault(int(key[len("stride"):]), []).append(value)
+    memory = endpoints.get(MEMORY)
+    x = endpoints[f"stride{max(produced)}"]
+    outputs = {}
+    for s, fuse, blocks in self._stages:
+      if s not in produced:
+        raise ValueError(f"MaXPixelDecoder stage at stride {s} has no encoder endpoint "
+                         f"'stride{s}' to size it; the encoder gives {sorted(endpoints)}.")
+      size = tuple(produced[s][-1].shape[1:3])
+      # The running feature and the last (up to two) features made at this stride.
+      others = [f for f in produced[s][-2:] if f is not x]
+      x = fuse([x] + others, size=size, training=training)
+      for block, dpt in blocks:
+        x = block(x, training=training)
+        if dpt is not None:
+          if memory is None:
+            raise ValueError("MaXPixelDecoder has dual-path layers but the encoder "
+                             f"gives no {MEMORY!r} endpoint.")
+          x, memory = dpt((x, memory), training=training)
+      produced[s].append(x)
+      outputs[f"stride{s}"] = x
+    if memory is not None:
+      outputs[MEMORY] = memory
+    return outputs

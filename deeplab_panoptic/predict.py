@@ -1,0 +1,248 @@
+r"""Panoptic predictions of an exported SavedModel on image files.
+
+  python -m deeplab_panoptic.predict --saved_model=runs/quickstart/export \
+      --images='photos/*.jpg' --output_dir=/tmp/predictions [--nooverlays]
+
+Output, in ``--output_dir``:
+
+* ``panoptic/<image stem>.png``: COCO panoptic PNG of each image (segment id
+  ``R + 256 G + 256^2 B``, 0 for void), at the image's original size, written by
+  the evaluation writer (``evaluation.coco_format.CocoPanopticWriter``);
+* ``panoptic.json``: COCO panoptic ``images``, ``annotations`` (``segments_info``
+  with ``id``, ``category_id`` -- the dataset's own ids --, ``iscrowd``,
+  ``area``, ``bbox`` and the segment's ``score``) and ``categories``; ready for
+  ``python -m deeplab_panoptic.evaluation.coco_pq`` or panopticapi;
+* ``overlays/<image stem>.png``: the image with each segment tinted, instance
+  and segment outlines in white and class names written on the segments.
+
+The dataset description (category ids, names, colours) is read from the
+SavedModel itself (``export_info``), so no gin file is needed.
+
+Unreadable images are skipped: each gets one line ``predict: error: cannot read
+image <path>: <reason>`` on stderr, the others are predicted, and the command
+exits with status 1 when any image was skipped (0 otherwise). Every file is
+written to a temporary name and renamed, ``panoptic.json`` last, so an
+interrupted run leaves no half-written file.
+"""
+
+import glob
+import os
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+
+# Quiet TensorFlow's C++ start-up lines, before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from deeplab_panoptic import common  # pylint: disable=g-import-not-at-top
+from deeplab_panoptic.data import inspect as inspect_lib
+from deeplab_panoptic.evaluation import coco_format
+
+PANOPTIC_JSON = "panoptic.json"
+PANOPTIC_DIR = "panoptic"
+OVERLAY_DIR = "overlays"
+
+
+class PredictError(ValueError):
+  """A bad input that stops the command (one line, naming what and where)."""
+
+
+def find_images(pattern: str) -> List[str]:
+  """Files matching comma-separated globs, sorted, directories left out.
+
+  Raises:
+    PredictError: when nothing matches, or two images share a file stem (their
+      outputs would overwrite each other).
+  """
+  files = sorted({f for p in pattern.split(",") if p.strip()
+                  for f in glob.glob(os.path.expanduser(p.strip())) if os.path.isfile(f)})
+  if not files:
+    raise PredictError(f"no image file matches --images={pattern!r}.")
+  by_stem: Dict[str, str] = {}
+  for path in files:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem in by_stem:
+      raise PredictError(f"{by_stem[stem]} and {path} have the same name stem {stem!r}; "
+                         "their outputs would overwrite each other.")
+    by_stem[stem] = path
+  return files
+
+
+def read_image(path: str) -> np.ndarray:
+  """An image file as uint8 ``[H, W, 3]`` RGB.
+
+  Raises:
+    ValueError: naming the file when it cannot be read or decoded.
+  """
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _save_png(array: np.ndarray, path: str) -> None:
+  """Writes a PNG through a temporary file in the same folder and a rename."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
+                             suffix=".png")
+  os.close(fd)
+  try:
+    Image.fromarray(array).save(tmp, format="PNG")
+    # mkstemp creates 0600; give the picture the permissions of an ordinary file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class Predictor:
+  """A loaded SavedModel and its dataset description.
+
+  Args:
+    saved_model_dir: a folder written by ``main.py --mode=export``.
+
+  Raises:
+    PredictError: if the folder holds no SavedModel of this library.
+  """
+
+  def __init__(self, saved_model_dir: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from deeplab_panoptic.export import saved_model  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    if not tf.saved_model.contains_saved_model(saved_model_dir):
+      raise PredictError(f"no SavedModel in {saved_model_dir} (--saved_model).")
+    try:
+      loaded = tf.saved_model.load(saved_model_dir)
+      self.export_info = saved_model.read_export_info(loaded)
+      self.info = saved_model.dataset_info_from_export(self.export_info)
+    except (ValueError, KeyError, OSError, tf.errors.OpError) as e:
+      raise PredictError(f"cannot use the SavedModel {saved_model_dir}: {e}") from e
+    self._loaded = loaded  # Keeps the variables alive.
+    self._serve = loaded.signatures[saved_model.SERVING_DEFAULT]
+
+  def __call__(self, image: np.ndarray) -> Dict[str, np.ndarray]:
+    """Predicts one image.
+
+    Args:
+      image: uint8 ``[H, W, 3]``.
+
+    Returns:
+      ``panoptic`` int32 ``[H, W]`` and the per-slot ``segment_ids``,
+      ``segment_scores`` float32 ``[N]`` (see ``export.saved_model``).
+    """
+    out = self._serve(images=self._tf.constant(image[np.newaxis]))
+    return {key: value.numpy()[0] for key, value in out.items()}
+
+
+def segment_scores(panoptic: np.ndarray, prediction: Dict[str, np.ndarray],
+                   label_divisor: int, ignore_label: int) -> List[float]:
+  """The score of each non-void segment, in ascending panoptic label order.
+
+  That is the order of ``coco_format.panoptic_to_coco``'s segments. A segment's
+  score is the highest class confidence among the slots that make it (several
+  stuff slots of one class form one segment).
+  """
+  ids = prediction["segment_ids"]
+  scores = prediction[common.SEGMENT_SCORES]
+  labels = [int(v) for v in np.unique(panoptic) if v // label_divisor != ignore_label]
+  return [float(scores[ids == label].max()) if np.any(ids == label) else 0.0
+          for label in labels]
+
+
+def predict(saved_model_dir: str, image_pattern: str, output_dir: str,
+            overlays: bool = True, progress: bool = True) -> Dict[str, Any]:
+  """Predicts every image and writes COCO panoptic files and overlays.
+
+  Args:
+    saved_model_dir: the exported SavedModel.
+    image_pattern: comma-separated globs of image files.
+    output_dir: the output folder (created).
+    overlays: also write overlay pictures.
+    progress: show a progress bar on stderr.
+
+  Returns:
+    ``{"json": path, "predicted": [files], "skipped": {file: reason}}``.
+
+  Raises:
+    PredictError: on a bad ``--images`` or ``--saved_model`` (nothing written).
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  files = find_images(image_pattern)
+  predictor = Predictor(saved_model_dir)
+  info = predictor.info
+  writer = coco_format.CocoPanopticWriter(
+      output_dir, info.dataset_id_from_train_id(), info.label_divisor, info.ignore_label,
+      categories=info.coco_categories(), png_folder=PANOPTIC_DIR, json_name=PANOPTIC_JSON)
+  if overlays:
+    os.makedirs(os.path.join(output_dir, OVERLAY_DIR), exist_ok=True)
+  images, predicted, skipped = [], [], {}
+  bar = tqdm(files, desc="predict", unit="image", disable=not progress, file=sys.stderr)
+  for path in bar:
+    try:
+      image = read_image(path)
+    except ValueError as e:
+      skipped[path] = str(e)
+      bar.write(f"predict: error: {e}; skipped.", file=sys.stderr)
+      continue
+    prediction = predictor(image)
+    panoptic = prediction[common.PANOPTIC]
+    name = os.path.basename(path)
+    annotation = writer.add(name, panoptic)
+    scores = segment_scores(panoptic, prediction, info.label_divisor, info.ignore_label)
+    for segment, score in zip(annotation["segments_info"], scores):
+      segment["score"] = round(score, 6)
+    if overlays:
+      _save_png(inspect_lib.panoptic_overlay(image, panoptic, info),
+                os.path.join(output_dir, OVERLAY_DIR, annotation["file_name"]))
+    images.append({"id": annotation["image_id"], "file_name": name,
+                   "height": int(image.shape[0]), "width": int(image.shape[1])})
+    predicted.append(path)
+  json_path = os.path.join(output_dir, PANOPTIC_JSON)
+  coco_format.write_json(json_path, {"images": images, "annotations": writer.annotations,
+                                     "categories": info.coco_categories()})
+  return {"json": json_path, "predicted": predicted, "skipped": skipped}
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("saved_model", None, "SavedModel folder (main.py --mode=export).")
+  flags.DEFINE_string("images", None, "Glob(s) of image files, comma-separated.")
+  flags.DEFINE_string("output_dir", None, "Output folder.")
+  flags.DEFINE_boolean("overlays", True, "Write overlay pictures.")
+  flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+
+def main(argv: Sequence[str]) -> Optional[int]:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    result = predict(FLAGS.saved_model, FLAGS.images, FLAGS.output_dir, FLAGS.overlays,
+                     FLAGS.progress)
+  except PredictError as e:
+    print(f"predict: error: {e}", file=sys.stderr)
+    return 1
+  print(f"Wrote {len(result['predicted'])} predictions to {FLAGS.output_dir}: "
+        f"{PANOPTIC_JSON}, {PANOPTIC_DIR}/" + (f", {OVERLAY_DIR}/" if FLAGS.overlays else ""))
+  if result["skipped"]:
+    print(f"predict: {len(result['skipped'])} of "
+          f"{len(result['skipped']) + len(result['predicted'])} images skipped "
+          "(unreadable, see the errors above).", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["saved_model", "images", "output_dir"])
+  app.run(main)

@@ -1,0 +1,191 @@
+"""Every model family's SavedModel, loaded in a fresh process, equals the in-memory model.
+
+A new family plugs in by adding its gin file to ``FAMILY_GIN_FILES``. The model
+is built from gin with its initial weights (what matters here is that export and
+reload change nothing, not what the weights learnt); the postprocessor's
+thresholds are lowered so that the maps hold many segments.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+# One CPU-sized recipe per model family.
+FAMILY_GIN_FILES = [
+    "experiments/quickstart/kmax_deeplab_shapes.gin",
+    "experiments/quickstart/max_deeplab_shapes.gin",
+]
+
+# Keep every slot and pixel, so the maps are far from all-void with untrained weights.
+LOW_THRESHOLDS = [
+    "PixelwisePanopticPostprocessor.class_threshold=0.0",
+    "PixelwisePanopticPostprocessor.pixel_confidence_threshold=0.0",
+    "PixelwisePanopticPostprocessor.thing_area_threshold=0",
+    "PixelwisePanopticPostprocessor.stuff_area_threshold=0",
+]
+
+_SIGNATURES = ("serving_default", "serve_encoded_images", "serve_tf_example")
+
+# Builds the model, computes the reference maps image by image straight from the
+# model and postprocessor, exports, and saves inputs and references.
+_BUILD_AND_EXPORT = """
+import io, json, sys
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+sys.path.insert(0, {repo!r})
+from deeplab_panoptic import common, main as main_lib
+from deeplab_panoptic.data import tfrecord
+from deeplab_panoptic.export import saved_model
+from deeplab_panoptic.training import experiment
+
+main_lib.parse_gin([{gin_file!r}], {params!r})
+exp = experiment.Experiment({model_dir!r}, "export")
+info = exp.info
+module = saved_model.PanopticExportModule(exp.model, exp.postprocessor, dataset_info=info)
+
+def picture(height, width, seed):
+  # Smooth colour fields and a few discs: closer to a photo than noise.
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[:height, :width] / max(height, width)
+  image = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in rng.uniform(0, 3, 3)], -1)
+  for _ in range(4):
+    cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
+    image[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(-1, 1, 3)
+  return np.clip(127.5 * (image + 1), 0, 255).astype(np.uint8)
+
+same = [picture(100, 150, 1), picture(100, 150, 2)]
+other = picture(170, 90, 3)
+buf = io.BytesIO(); Image.fromarray(other).save(buf, format="JPEG", quality=90)
+other_jpeg = buf.getvalue()
+other_decoded = tf.io.decode_image(other_jpeg, channels=3).numpy()
+encoded = [tfrecord.encode_png(same[0]), other_jpeg, tfrecord.encode_png(same[1])]
+mixed = [same[0], other_decoded, same[1]]
+examples = [tfrecord.make_example(e, "png" if i != 1 else "jpeg", f"im{{i}}.png",
+                                  im.shape[0], im.shape[1], None, info.label_divisor,
+                                  info.ignore_label).SerializeToString()
+            for i, (e, im) in enumerate(zip(encoded, mixed))]
+
+def reference(image):
+  # The in-memory model, one image at a time: preprocess, model, postprocess,
+  # crop the valid part and resize it back (nearest) to the image size.
+  inputs, (rh, rw) = saved_model.fit_and_pad(tf.constant(image[None]), module.input_size,
+                                             *module._resize)
+  pred = exp.postprocessor(exp.model(inputs, training=False), module.input_size)
+  pan = pred[common.PANOPTIC][0, :int(rh), :int(rw), None]
+  return tf.image.resize(pan, image.shape[:2], method="nearest")[..., 0].numpy()
+
+ref_same = np.stack([reference(im) for im in same])
+ref_mixed = [reference(im) for im in mixed]
+saved_model.export_saved_model(module, {export_dir!r})
+np.savez({ref_npz!r}, same=np.stack(same), ref_same=ref_same,
+         encoded=np.array(encoded, dtype=object), examples=np.array(examples, dtype=object),
+         **{{f"ref_mixed{{i}}": r for i, r in enumerate(ref_mixed)}})
+"""
+
+# A fresh process: loads the SavedModel and runs each signature.
+_LOAD_AND_RUN = """
+import json, numpy as np, tensorflow as tf
+ref = np.load({ref_npz!r}, allow_pickle=True)
+loaded = tf.saved_model.load({export_dir!r})
+sigs = loaded.signatures
+out = {{}}
+def keep(name, result):
+  for key, value in result.items():
+    out[f"{{name}}/{{key}}"] = value.numpy()
+keep("serving_default", sigs["serving_default"](images=tf.constant(ref["same"])))
+keep("serving_default_single", sigs["serving_default"](images=tf.constant(ref["same"][:1])))
+keep("serve_encoded_images",
+     sigs["serve_encoded_images"](encoded_images=tf.constant(list(ref["encoded"]))))
+keep("serve_tf_example",
+     sigs["serve_tf_example"](serialized_examples=tf.constant(list(ref["examples"]))))
+try:
+  sigs["serve_encoded_images"](encoded_images=tf.constant([b"not an image"]))
+  error = ""
+except tf.errors.InvalidArgumentError as e:
+  error = e.message
+out["export_info"] = np.array(loaded.export_info().numpy().decode())
+out["garbage_error"] = np.array(error)
+np.savez({out_npz!r}, **out)
+"""
+
+
+def _run(script: str, cwd: str) -> None:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _check_segments(out, name, panoptic, label_divisor):
+  """segment_ids / segment_areas agree with the returned panoptic map."""
+  ids, areas = out[f"{name}/segment_ids"], out[f"{name}/segment_areas"]
+  classes = out[f"{name}/segment_classes"]
+  for b in range(panoptic.shape[0]):
+    values, counts = np.unique(panoptic[b], return_counts=True)
+    count_of = dict(zip(values.tolist(), counts.tolist()))
+    for slot in range(ids.shape[1]):
+      if ids[b, slot] < 0:
+        assert areas[b, slot] == 0
+        continue
+      assert ids[b, slot] // label_divisor == classes[b, slot]
+      assert areas[b, slot] == count_of[ids[b, slot]]
+    # Every non-void segment of the map is some slot's segment.
+    listed = set(ids[b][ids[b] >= 0].tolist())
+    assert {v for v in values.tolist() if v // label_divisor != 255} <= listed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gin_file", FAMILY_GIN_FILES)
+def test_saved_model_signatures_match_in_memory_model(gin_file, tmp_path):
+  paths = {"repo": REPO_ROOT, "gin_file": gin_file, "params": LOW_THRESHOLDS,
+           "model_dir": str(tmp_path / "run"), "export_dir": str(tmp_path / "export"),
+           "ref_npz": str(tmp_path / "ref.npz"), "out_npz": str(tmp_path / "out.npz")}
+  _run(textwrap.dedent(_BUILD_AND_EXPORT).format(**paths), REPO_ROOT)
+  assert (tmp_path / "export" / "saved_model.pb").exists()
+  assert not (tmp_path / "export.tmp").exists()
+  _run(textwrap.dedent(_LOAD_AND_RUN).format(**paths), str(tmp_path))
+  ref = np.load(tmp_path / "ref.npz", allow_pickle=True)
+  out = np.load(tmp_path / "out.npz")
+
+  info = json.loads(str(out["export_info"]))
+  divisor = info["dataset_info"]["label_divisor"]
+  ignore = info["dataset_info"]["ignore_label"]
+  assert json.loads((tmp_path / "export" / "assets.extra" / "export_info.json").read_text()
+                    ) == info
+
+  # Not a trivial comparison: the reference maps hold several segments.
+  assert len(np.unique(ref["ref_same"])) > 2
+
+  # uint8 images, batch of two and batch of one.
+  np.testing.assert_array_equal(out["serving_default/panoptic"], ref["ref_same"])
+  np.testing.assert_array_equal(out["serving_default_single/panoptic"], ref["ref_same"][:1])
+  pan = out["serving_default/panoptic"]
+  np.testing.assert_array_equal(out["serving_default/semantic"], pan // divisor)
+  np.testing.assert_array_equal(out["serving_default/instance"], pan % divisor)
+  np.testing.assert_array_equal(out["serving_default/original_height"], [100, 100])
+  _check_segments(out, "serving_default", pan, divisor)
+
+  # Encoded files and tf.Examples of mixed sizes: each image's part of the padded
+  # batch is its reference map, the rest is void.
+  for name in ("serve_encoded_images", "serve_tf_example"):
+    pan = out[f"{name}/panoptic"]
+    assert pan.shape == (3, 170, 150)
+    np.testing.assert_array_equal(out[f"{name}/original_height"], [100, 170, 100])
+    np.testing.assert_array_equal(out[f"{name}/original_width"], [150, 90, 150])
+    for i in range(3):
+      expected = ref[f"ref_mixed{i}"]
+      h, w = expected.shape
+      np.testing.assert_array_equal(pan[i, :h, :w], expected, err_msg=f"{name} image {i}")
+      assert np.all(pan[i, h:] == ignore * divisor) and np.all(pan[i, :, w:] == ignore * divisor)
+      assert np.all(out[f"{name}/semantic"][i, h:] == ignore)
+    _check_segments(out, name, pan, divisor)
+
+  assert "Unknown image file format" in str(out["garbage_error"]), str(out["garbage_error"])
