@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -74,6 +75,7 @@ def _run(optimizer, lookahead):
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_four_cpu_replicas_follow_the_one_replica_trajectory():
   result = _run("radam", True)
   assert result["replicas"] == 4
