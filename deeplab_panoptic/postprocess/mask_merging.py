@@ -26,6 +26,7 @@ import gin
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic.postprocess.panoptic import check_prediction_shapes
 
 _CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -92,19 +93,9 @@ class MaskWiseMergingPostprocessor:
     class_logits = tf.cast(outputs[common.PRED_CLASS_LOGITS], tf.float32)
     mask_logits = tf.cast(outputs[common.PRED_MASK_LOGITS], tf.float32)
     height, width = int(target_size[0]), int(target_size[1])
-    num_slots = mask_logits.shape[-1]
-    if class_logits.shape[-1] != self._num_classes + 1:
-      raise ValueError(
-          f"MaskWiseMergingPostprocessor: {common.PRED_CLASS_LOGITS} has "
-          f"{class_logits.shape[-1]} classes, expected num_classes + 1 = "
-          f"{self._num_classes + 1}.")
-    if num_slots is None or class_logits.shape[1] != num_slots:
-      raise ValueError(f"MaskWiseMergingPostprocessor: {common.PRED_CLASS_LOGITS} "
-                       f"{class_logits.shape} and {common.PRED_MASK_LOGITS} "
-                       f"{mask_logits.shape} disagree on the number of mask slots.")
-    if num_slots >= self._label_divisor:
-      raise ValueError(f"MaskWiseMergingPostprocessor: {num_slots} slots need instance ids "
-                       f"< label_divisor ({self._label_divisor}).")
+    num_slots = check_prediction_shapes("MaskWiseMergingPostprocessor", class_logits,
+                                        mask_logits, self._num_classes,
+                                        self._label_divisor)
 
     if self._class_activation == "sigmoid":
       probs = tf.sigmoid(class_logits[..., :self._num_classes])

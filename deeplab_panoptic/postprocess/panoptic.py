@@ -36,6 +36,34 @@ _DISABLED_LOGIT = -99999.0
 _MASK_ACTIVATIONS = ("softmax", "sigmoid")
 
 
+def check_prediction_shapes(owner: str, class_logits: tf.Tensor, mask_logits: tf.Tensor,
+                            num_classes: int, label_divisor: int) -> int:
+  """Validates the model outputs a panoptic postprocessor reads; returns N.
+
+  Args:
+    owner: the postprocessor's name, for messages.
+    class_logits: ``[B, N, num_classes + 1]``.
+    mask_logits: ``[B, h, w, N]``.
+    num_classes: classes without void.
+    label_divisor: thing instance ids (slot + 1) must stay below it.
+  """
+  num_slots = mask_logits.shape[-1]
+  if class_logits.shape[-1] != num_classes + 1:
+    raise ValueError(
+        f"{owner}: {common.PRED_CLASS_LOGITS} has {class_logits.shape[-1]} classes, "
+        f"expected num_classes + 1 = {num_classes + 1}.")
+  if num_slots is None or class_logits.shape[1] != num_slots:
+    raise ValueError(
+        f"{owner}: {common.PRED_CLASS_LOGITS} {class_logits.shape} and "
+        f"{common.PRED_MASK_LOGITS} {mask_logits.shape} disagree on the (static) "
+        "number of mask slots.")
+  if num_slots >= label_divisor:
+    raise ValueError(
+        f"{owner}: {num_slots} mask slots need thing instance ids up to {num_slots}, "
+        f"which must be < label_divisor ({label_divisor}).")
+  return num_slots
+
+
 @gin.configurable
 class PixelwisePanopticPostprocessor:
   """Per-pixel-argmax panoptic inference of MaX-DeepLab, static shapes.
@@ -170,22 +198,9 @@ class PixelwisePanopticPostprocessor:
     class_logits = outputs[common.PRED_CLASS_LOGITS]
     mask_logits = tf.cast(outputs[common.PRED_MASK_LOGITS], tf.float32)
     height, width = int(target_size[0]), int(target_size[1])
-    num_slots = mask_logits.shape[-1]
-    if class_logits.shape[-1] != self._num_classes + 1:
-      raise ValueError(
-          f"PixelwisePanopticPostprocessor: {common.PRED_CLASS_LOGITS} has "
-          f"{class_logits.shape[-1]} classes, expected num_classes + 1 = "
-          f"{self._num_classes + 1}.")
-    if num_slots is None or class_logits.shape[1] != num_slots:
-      raise ValueError(
-          f"PixelwisePanopticPostprocessor: {common.PRED_CLASS_LOGITS} "
-          f"{class_logits.shape} and {common.PRED_MASK_LOGITS} {mask_logits.shape} "
-          "disagree on the (static) number of mask slots.")
-    if num_slots >= self._label_divisor:
-      raise ValueError(
-          f"PixelwisePanopticPostprocessor: {num_slots} mask slots need thing "
-          f"instance ids up to {num_slots}, which must be < label_divisor "
-          f"({self._label_divisor}).")
+    num_slots = check_prediction_shapes("PixelwisePanopticPostprocessor", class_logits,
+                                        mask_logits, self._num_classes,
+                                        self._label_divisor)
 
     classes, scores, enabled, slot_is_thing = self._slot_predictions(class_logits)
     batch = tf.shape(classes)[0]
