@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/export_latency.py [--gin_file experiments/quickstart/kmax_deeplab_shapes.gin]
       [--size 641] [--warmup 3] [--repeats 20] [--saved_model DIR]
+      [--signatures serving_default,serve_encoded_images,serve_tf_example]
 
 Without ``--saved_model`` the model of ``--gin_file`` is built with
 ``CROP_SIZE = (size, size)`` (export input size and evaluation size), exported
@@ -10,7 +11,8 @@ to a temporary folder with its initial weights (latency does not depend on what
 the weights learnt) and loaded back with ``tf.saved_model.load``, as a server
 would. Each signature is then called on one ``size x size`` image (batch 1): a
 uint8 tensor, the same image as a JPEG file (quality 90), and as a serialized
-tf.Example. The first ``--warmup`` calls are left out (tracing, allocation);
+tf.Example (``--signatures`` picks some of them: large models on a slow CPU).
+The first ``--warmup`` calls are left out (tracing, allocation);
 the table gives the median, min and max of the next ``--repeats`` calls, wall
 time of the call until its outputs are on the host.
 """
@@ -79,7 +81,14 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--saved_model", default=None,
                       help="Time this export instead of building one from --gin_file.")
+  parser.add_argument("--signatures", default=",".join(saved_model.SIGNATURE_INPUTS),
+                      help="Comma-separated signatures to time (default: all).")
   args = parser.parse_args()
+  wanted = [s for s in args.signatures.split(",") if s]
+  unknown = set(wanted) - set(saved_model.SIGNATURE_INPUTS)
+  if unknown:
+    parser.error(f"--signatures: unknown {sorted(unknown)}; choose from "
+                 f"{list(saved_model.SIGNATURE_INPUTS)}.")
   os.chdir(REPO_ROOT)  # gin includes are relative to the repository.
 
   with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +118,7 @@ def main() -> None:
         "serve_tf_example": lambda: signatures["serve_tf_example"](
             serialized_examples=tf.constant([example.SerializeToString()])),
     }
+    calls = {name: fn for name, fn in calls.items() if name.split(" ")[0] in wanted}
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
           f"TF {tf.__version__}, model input {info['input_size']}, image "
           f"{args.size}x{args.size}, batch 1, {args.warmup} warm-up + {args.repeats} calls")

@@ -4,8 +4,9 @@ panoptic maps as the in-memory model on an evaluation split.
   python benchmarks/export_parity.py --gin_file=experiments/quickstart/kmax_deeplab_shapes.gin \
       --model_dir=runs/quickstart
 
-Step 1 (this process): restore the checkpoint, run the evaluator's path (reader ->
-model -> postprocessor -> original resolution) on every image of the eval split.
+Step 1 (this process): restore the checkpoint, run the evaluator
+(``PanopticEvaluator(keep_predictions=True)``: reader -> model -> postprocessor ->
+original resolution) on every image of the eval split.
 Step 2 (a fresh Python process): load <model_dir>/export and run its serving
 signature on the same uint8 images. Prints the number of images whose maps differ.
 """
@@ -20,33 +21,27 @@ import numpy as np
 
 
 def _in_memory(gin_files, gin_params, model_dir, out_path):
-  import gin  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from deeplab_panoptic import common  # pylint: disable=g-import-not-at-top
   from deeplab_panoptic import main as main_lib  # pylint: disable=g-import-not-at-top
-  from deeplab_panoptic.data import reader, tfrecord  # pylint: disable=g-import-not-at-top
+  from deeplab_panoptic.data import tfrecord  # pylint: disable=g-import-not-at-top
+  from deeplab_panoptic.training import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
   from deeplab_panoptic.training import experiment  # pylint: disable=g-import-not-at-top
-  from deeplab_panoptic.training.evaluator import restore_original_resolution  # pylint: disable=g-import-not-at-top
 
   main_lib.parse_gin(gin_files, gin_params)
   exp = experiment.Experiment(model_dir, "eval")
-  exp._restore(exp._checkpoint(None, tf.Variable(0, dtype=tf.int64)))  # pylint: disable=protected-access
-  pattern = exp.config.eval_file_pattern
-  with gin.config_scope("eval"):
-    ds = reader.build_dataset(file_pattern=pattern, dataset_info=exp.info, is_training=False,
-                              batch_size=exp.config.eval_batch_size)
-  predictions = {}
-  for b in ds:
-    pan = exp.postprocessor(exp.model(b[common.IMAGE], training=False),
-                            tuple(exp.config.eval_input_size))[common.PANOPTIC].numpy()
-    for i, name in enumerate(b[common.IMAGE_NAME].numpy()):
-      if b[common.ORIGINAL_HEIGHT][i] == 0:
-        continue
-      predictions[name.decode()] = restore_original_resolution(
-          pan[i], (b[common.RESIZED_HEIGHT][i], b[common.RESIZED_WIDTH][i]),
-          (b[common.ORIGINAL_HEIGHT][i], b[common.ORIGINAL_WIDTH][i]))
+  global_step = tf.Variable(0, dtype=tf.int64)
+  exp._restore(exp._checkpoint(None, global_step))  # pylint: disable=protected-access
+  # The evaluator itself (results go to a scratch dir, not the model dir's eval/).
+  with tempfile.TemporaryDirectory() as scratch:
+    evaluator = evaluator_lib.PanopticEvaluator(
+        exp.strategy, exp.model, exp.postprocessor, exp._dataset(False), exp.info,  # pylint: disable=protected-access
+        scratch, global_step, keep_predictions=True)
+    evaluator.evaluate(tf.constant(-1, tf.int32))
+  predictions = evaluator.predictions
+  print(f"evaluator: PQ {evaluator.last_results['PQ']:.4f}", flush=True)
   images = {}
-  for path in sorted(tf.io.gfile.glob(pattern)):
+  for path in sorted(tf.io.gfile.glob(exp.config.eval_file_pattern)):
     for rec in tf.data.TFRecordDataset(path):
       d = tfrecord.decode_record(rec)
       images[d[common.IMAGE_NAME].numpy().decode()] = d[common.IMAGE].numpy()

@@ -68,10 +68,11 @@ def test_quickstart_train_eval_export_and_reload(tmp_path):
   export_dir = model_dir / "export"
   assert (export_dir / "saved_model.pb").exists()
 
-  # In memory: the restored model + postprocessor on the val images, as eval runs them.
+  # In memory: the restored model served by the export module, and the evaluator's
+  # predictions on the same val images.
   in_memory = tmp_path / "in_memory.npz"
   script = textwrap.dedent(f"""
-      import sys, gin, numpy as np, tensorflow as tf
+      import sys, numpy as np, tensorflow as tf
       sys.path.insert(0, {REPO_ROOT!r})
       from deeplab_panoptic import main as main_lib, common
       from deeplab_panoptic.data import tfrecord
@@ -88,22 +89,14 @@ def test_quickstart_train_eval_export_and_reload(tmp_path):
       module = saved_model.PanopticExportModule(exp.model, exp.postprocessor)
       batch = np.stack(images)
       served = module.serve(tf.constant(batch))["panoptic"].numpy()
-      # The evaluator's path: the reader's eval batches -> model -> postprocessor.
-      from deeplab_panoptic.data import reader
-      from deeplab_panoptic.training.evaluator import restore_original_resolution
-      with gin.config_scope("eval"):
-        ds = reader.build_dataset(file_pattern={str(tmp_path / "data" / "val-*")!r},
-                                  dataset_info=exp.info, is_training=False, batch_size=4)
-      by_name = {{}}
-      for b in ds:
-        pan = exp.postprocessor(exp.model(b[common.IMAGE], training=False),
-                                tuple(exp.config.eval_input_size))[common.PANOPTIC].numpy()
-        for i, n in enumerate(b[common.IMAGE_NAME].numpy()):
-          if b[common.ORIGINAL_HEIGHT][i] == 0:
-            continue
-          by_name[n] = restore_original_resolution(
-              pan[i], (b[common.RESIZED_HEIGHT][i], b[common.RESIZED_WIDTH][i]),
-              (b[common.ORIGINAL_HEIGHT][i], b[common.ORIGINAL_WIDTH][i]))
+      # The evaluator itself (results to a scratch dir): its maps are the served maps.
+      from deeplab_panoptic.training.evaluator import PanopticEvaluator
+      evaluator = PanopticEvaluator(exp.strategy, exp.model, exp.postprocessor,
+                                    exp._dataset(False), exp.info, {str(tmp_path / "scratch")!r},
+                                    gs, keep_predictions=True)
+      evaluator.evaluate(tf.constant(-1, tf.int32))
+      by_name = {{n.encode(): p for n, p in evaluator.predictions.items()}}
+      assert sorted(by_name) == sorted(names), (sorted(by_name), names)
       evaluator = np.stack([by_name[n] for n in names])
       np.savez({str(in_memory)!r}, images=batch, served=served, evaluator=evaluator)
   """)

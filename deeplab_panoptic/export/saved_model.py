@@ -32,6 +32,7 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.data import tfrecord
+from deeplab_panoptic.postprocess import resolution
 
 # Per mask slot: the panoptic label (semantic * label_divisor + instance) of the
 # segment the slot belongs to, -1 when it holds no pixel at the original size.
@@ -80,6 +81,13 @@ def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int],
   return tf.ensure_shape(x, [None, height, width, 3]), (rh, rw)
 
 
+class _Untracked:
+  """Holds a value out of TensorFlow's object tracking (and so out of SavedModels)."""
+
+  def __init__(self, value: Any):
+    self.value = value
+
+
 @gin.configurable(denylist=["model", "postprocessor", "dataset_info"])
 class PanopticExportModule(tf.Module):
   """Serving module around a trained model and its panoptic postprocessor.
@@ -121,7 +129,13 @@ class PanopticExportModule(tf.Module):
                max_long_side: int = 1333,
                dataset_info: Optional[dataset_info_lib.DatasetInfo] = None):
     super().__init__(name="panoptic_export")
-    self.model = model
+    # The SavedModel holds the inference model only: the model is kept untracked
+    # and only the variables outside its `training_only_layers` (semantic heads,
+    # ReMaX heads; the serving graph never runs them) are tracked and saved.
+    self._model_holder = _Untracked(model)
+    training_only = {id(v) for layer in getattr(model, "training_only_layers", [])
+                     for v in layer.weights}
+    self.inference_variables = [v for v in model.weights if id(v) not in training_only]
     self.postprocessor = postprocessor
     self.input_size = (int(input_size[0]), int(input_size[1]))
     self._resize = (eval_resize, short_side, max_long_side)
@@ -134,6 +148,10 @@ class PanopticExportModule(tf.Module):
         "max_long_side": max_long_side,
         "signatures": SIGNATURE_INPUTS,
     })
+
+  @property
+  def model(self) -> keras.Model:
+    return self._model_holder.value
 
   @property
   def export_info_json(self) -> str:
@@ -204,26 +222,13 @@ class PanopticExportModule(tf.Module):
       The outputs listed in the class docstring.
     """
     info = self._info
-    void = tf.constant([info.ignore_label * info.label_divisor, info.ignore_label, 0],
-                       tf.int32)
-    outputs = self.model(inputs, training=False)
-    predictions = self.postprocessor(outputs, self.input_size)
+    # The evaluator calls the same two functions: evaluation scores the served maps.
+    predictions = resolution.infer_at_input_size(self.model, self.postprocessor, inputs)
     maps = tf.stack([predictions[common.PANOPTIC], predictions[common.SEMANTIC],
                      predictions[common.INSTANCE]], axis=-1)           # [B, H, W, 3]
-    out_size = tf.reduce_max(original, axis=0)
-
-    def restore(args):
-      one_map, valid, size = args
-      one_map = tf.image.resize(one_map[:valid[0], :valid[1]], size, method="nearest")
-      # Pad with void; a per-channel pad value needs a mask rather than tf.pad.
-      padded = tf.pad(one_map, [[0, out_size[0] - size[0]], [0, out_size[1] - size[1]],
-                                [0, 0]])
-      rows = tf.range(out_size[0])[:, tf.newaxis] < size[0]
-      cols = tf.range(out_size[1])[tf.newaxis, :] < size[1]
-      return tf.where(tf.logical_and(rows, cols)[..., tf.newaxis], padded, void)
-
-    maps = tf.map_fn(restore, (maps, resized, original),
-                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.int32))
+    maps = resolution.restore_original_resolution(
+        maps, resized, original,
+        void=(info.ignore_label * info.label_divisor, info.ignore_label, 0))
     panoptic = maps[..., 0]
     classes = predictions[common.SEGMENT_CLASSES]
     segment_ids = self._segment_ids(predictions)

@@ -54,13 +54,17 @@ def tflite_function(module: saved_model.PanopticExportModule
 
 
 def export_tflite(module: saved_model.PanopticExportModule, path: str,
-                  select_tf_ops: bool = False) -> str:
+                  select_tf_ops: bool = False, dynamic_range_quantization: bool = False) -> str:
   """Converts the model to a ``.tflite`` file (temporary name, then rename).
 
   Args:
     module: the export module.
     path: the ``.tflite`` file to write.
     select_tf_ops: also allow TensorFlow ops (Flex delegate) besides TFLite's.
+    dynamic_range_quantization: store the weights as int8 (about 4x smaller) and
+      let the kernels that support it quantise activations on the fly; inputs,
+      outputs and the other ops stay float (TFLite ``Optimize.DEFAULT`` with no
+      representative dataset).
 
   Returns:
     ``path``.
@@ -74,6 +78,8 @@ def export_tflite(module: saved_model.PanopticExportModule, path: str,
   if select_tf_ops:
     ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
   converter.target_spec.supported_ops = ops
+  if dynamic_range_quantization:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
   try:
     data = converter.convert()
   except Exception as e:  # The converter raises ConverterError and others.
@@ -103,6 +109,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser.add_argument("--output", default=None,
                       help="Default: <model_dir>/tflite/model.tflite.")
   parser.add_argument("--select_tf_ops", action="store_true")
+  parser.add_argument("--dynamic_range_quantization", action="store_true",
+                      help="int8 weights, float inputs / outputs.")
   args = parser.parse_args(argv)
   try:
     main_lib.parse_gin(args.gin_file, args.gin_param)
@@ -113,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                               dataset_info=exp.info)
     path = export_tflite(module, args.output or os.path.join(args.model_dir, "tflite",
                                                              "model.tflite"),
-                         args.select_tf_ops)
+                         args.select_tf_ops, args.dynamic_range_quantization)
   except (ValueError, FileNotFoundError, main_lib.UsageError) as e:
     print(f"tflite: error: {e}", file=sys.stderr)
     return 1

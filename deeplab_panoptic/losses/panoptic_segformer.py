@@ -34,6 +34,8 @@ from deeplab_panoptic import common
 from deeplab_panoptic.losses import geometry
 from deeplab_panoptic.losses import mask_losses
 from deeplab_panoptic.losses import matching as matching_lib
+from deeplab_panoptic.modeling.transformer_decoders.panoptic_segformer import (
+    AUX_LOCATIONS)
 
 SCALE_TARGETS = ("box", "area")
 _OWNER = "PanopticSegFormerLoss"
@@ -334,7 +336,9 @@ class PanopticSegFormerLoss:
       batch: dict with common.GT_MASK_ID, GT_CLASSES, GT_IS_THING, GT_SEMANTIC.
       outputs: dict with common.PRED_CLASS_LOGITS [B,N,C+1], PRED_MASK_LOGITS
         [B,h,w,N], optionally PRED_LOCATION_CENTER [B,N,2] and
-        PRED_LOCATION_SCALE [B,N,2 or 1], and AUX_OUTPUTS with the same keys.
+        PRED_LOCATION_SCALE [B,N,2 or 1], AUX_OUTPUTS with the same keys, and
+        optionally AUX_LOCATIONS (earlier location-decoder layers' centre and
+        scale, supervised with the final stage's matching).
       matching: optional result of `match`.
 
     Returns:
@@ -362,6 +366,7 @@ class PanopticSegFormerLoss:
       matchings = [matching] * len(stages)
 
     losses = {}
+    final_assignment = None
     for (prefix, where, output, logits, probs), matched in zip(stages,
                                                                matchings):
       matched = tf.stop_gradient(tf.cast(matched, tf.int32))
@@ -374,6 +379,8 @@ class PanopticSegFormerLoss:
       assignment = mask_losses.assignment_matrix(matched, targets.present,
                                                  num_predictions)
       weight = self.aux_weight if prefix else 1.0
+      if not prefix:
+        final_assignment = assignment
       losses[prefix + common.LOSS_FOCAL_CLASS] = (
           weight * self.class_weight * tf.reduce_mean(focal_class_loss(
               logits, assignment, targets.classes, self.focal_alpha,
@@ -393,5 +400,19 @@ class PanopticSegFormerLoss:
             weight * self.location_weight * tf.reduce_mean(location_loss(
                 centre, scale, targets.masks, assignment, size,
                 self.scale_target)))
+    # Earlier location-decoder layers (box refinement): L_loc against the final
+    # matching, the one assignment of queries to masks the location decoder serves.
+    for index, output in enumerate(outputs.get(AUX_LOCATIONS, []) or []):
+      if not self.location_weight:
+        break
+      where = f"outputs[{AUX_LOCATIONS!r}][{index}]"
+      centre = tf.cast(mask_losses.require(
+          output, common.PRED_LOCATION_CENTER, where, _OWNER), tf.float32)
+      scale = tf.cast(mask_losses.require(
+          output, common.PRED_LOCATION_SCALE, where, _OWNER), tf.float32)
+      losses[f"location_{index}/" + common.LOSS_LOCATION] = (
+          self.aux_weight * self.location_weight * tf.reduce_mean(location_loss(
+              centre, scale, targets.masks, final_assignment, size,
+              self.scale_target)))
     losses[common.LOSS_TOTAL] = tf.add_n(list(losses.values()))
     return losses

@@ -34,13 +34,17 @@ class MaskTransformerPredictor(keras.layers.Layer):
     void_prior_probability: initial void probability of every slot.
     mask_logit_gamma_init: initial scale of the shared mask-logit batch norm.
     activation: activation function.
+    activate_input: activate the pixel feature before the pixel-embedding head.
+      deeplab2 does not (its kMaX layers pass an already activated feature to the
+      auxiliary predictors and the raw decoder output to the final one).
   """
 
   def __init__(self, num_classes: int = gin.REQUIRED, embedding_dim: int = 128,
                pixel_head_dim: int = 256, void_prior_probability: float = 0.9,
-               mask_logit_gamma_init: float = 0.1, activation: str = "gelu", **kwargs):
+               mask_logit_gamma_init: float = 0.1, activation: str = "gelu",
+               activate_input: bool = True, **kwargs):
     super().__init__(**kwargs)
-    self._act = conv.get_activation(activation)
+    self._act = conv.get_activation(activation) if activate_input else tf.identity
     self._pixel_conv = conv.ConvBN(pixel_head_dim, 5, separable=True,
                                    activation=activation, name="pixel_conv")
     self._pixel_proj = keras.layers.Conv2D(
@@ -120,12 +124,17 @@ class SemanticHead(keras.layers.Layer):
   (1x1 conv), upsample the running feature to it, concatenate and fuse with a 5x5
   depthwise-separable conv; finally a 5x5 separable conv and a 1x1 conv to classes.
 
-  Input: encoder endpoints ``{"stride<s>": [batch, H/s, W/s, c]}``.
+  Input: encoder endpoints ``{"stride<s>": [batch, H/s, W/s, c]}`` (or the pixel
+  decoder's features, see ``MaskTransformer.semantic_head_input``).
   Output: semantic logits ``[batch, H/s_min, W/s_min, num_classes]``.
 
   Args:
     num_classes: number of semantic classes.
     input_stride: stride of the ASPP input.
+    input_key: the input's key; default ``"stride<input_stride>"``.
+    aspp: False: no ASPP (and no ``low_level_strides``): the activated input goes
+      straight to the 5x5 separable head, as MaX-DeepLab-L's semantic branch on a
+      stride-4 decoder feature.
     low_level_strides: strides of the low-level skips, coarse to fine.
     low_level_dims: projection width of each skip.
     aspp_dim: width of ASPP and the decoder.
@@ -139,11 +148,16 @@ class SemanticHead(keras.layers.Layer):
                low_level_strides: Sequence[int] = (8, 4),
                low_level_dims: Sequence[int] = (64, 32), aspp_dim: int = 256,
                atrous_rates: Sequence[int] = (6, 12, 18), head_dim: int = 256,
-               dropout: float = 0.1, activation: str = "gelu", **kwargs):
+               dropout: float = 0.1, activation: str = "gelu",
+               input_key: Optional[str] = None, aspp: bool = True, **kwargs):
     super().__init__(**kwargs)
-    self._input_key = f"stride{input_stride}"
+    self._input_key = input_key or f"stride{input_stride}"
     self._act = conv.get_activation(activation)
-    self._aspp = ASPP(aspp_dim, atrous_rates, activation, dropout, name="aspp")
+    if not aspp and low_level_strides:
+      raise ValueError("SemanticHead: aspp=False reads one feature; set "
+                       "low_level_strides = ().")
+    self._aspp = (ASPP(aspp_dim, atrous_rates, activation, dropout, name="aspp")
+                  if aspp else None)
     self._low_keys = [f"stride{s}" for s in low_level_strides]
     self._low_proj = [conv.ConvBN(d, 1, activation=activation, name=f"low_proj_s{s}")
                       for s, d in zip(low_level_strides, low_level_dims)]
@@ -155,9 +169,46 @@ class SemanticHead(keras.layers.Layer):
         name="logits")
 
   def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
-    x = self._aspp(self._act(endpoints[self._input_key]), training=training)
+    if self._input_key not in endpoints:
+      raise ValueError(f"SemanticHead reads {self._input_key!r}; its input has "
+                       f"{sorted(endpoints)}.")
+    x = self._act(endpoints[self._input_key])
+    if self._aspp is not None:
+      x = self._aspp(x, training=training)
     for key, proj, fuse in zip(self._low_keys, self._low_proj, self._fuse):
       low = proj(self._act(endpoints[key]), training=training)
       x = utils.resize_bilinear(x, utils.spatial_size(low))
       x = fuse(tf.concat([x, low], axis=-1), training=training)
     return self._logits(self._head(x, training=training))
+
+
+@gin.configurable
+class ReMaXSemanticHead(keras.layers.Layer):
+  """ReMaX per-stage semantic head: ASPP then a 1x1 conv to classes (training-only).
+
+  ReMaX (papers/remax.txt §3.1, §4) puts this head on the key of a k-means
+  cross-attention, x_sem, and uses its logits m_sem only for ReMask and the
+  per-stage semantic loss, so the whole branch is dropped at inference.
+
+  Input: x_sem ``[batch, h, w, c]`` (already activated: the layer's bottleneck
+  pixel feature). Output: m_sem ``[batch, h, w, num_classes]``.
+
+  Args:
+    num_classes: N_C, number of semantic classes (without void).
+    aspp_dim: width of the ASPP branches and projection.
+    atrous_rates: ASPP atrous rates.
+    dropout: dropout after ASPP.
+    activation: activation function.
+  """
+
+  def __init__(self, num_classes: int = gin.REQUIRED, aspp_dim: int = 256,
+               atrous_rates: Sequence[int] = (6, 12, 18), dropout: float = 0.1,
+               activation: str = "gelu", **kwargs):
+    super().__init__(**kwargs)
+    self._aspp = ASPP(aspp_dim, atrous_rates, activation, dropout, name="aspp")
+    self._logits = keras.layers.Conv2D(
+        num_classes, 1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
+        name="logits")
+
+  def call(self, x_sem: tf.Tensor, training=None) -> tf.Tensor:
+    return self._logits(self._aspp(x_sem, training=training))

@@ -1,6 +1,7 @@
 """One mask-transformer meta-architecture assembled from injected parts."""
 
-from typing import Dict, List, Optional
+import contextlib
+from typing import Dict, List, Optional, Sequence
 
 import gin
 import tensorflow as tf
@@ -22,7 +23,9 @@ class MaskTransformer(keras.Model):
       list of auxiliary predictions).
     predictor: (finest decoder feature, class embedding, mask embedding) ->
       class / mask logits and pixel embedding.
-    semantic_head: optional, training-only; encoder endpoints -> semantic logits.
+    semantic_head: optional, training-only; encoder endpoints (or, with
+      ``semantic_head_input="decoder"``, the pixel decoder's features) -> semantic
+      logits.
 
   Input: images ``[batch, height, width, 3]`` normalised to [-1, 1].
   Output dict (common.py): PRED_CLASS_LOGITS ``[batch, N, num_classes + 1]``,
@@ -35,6 +38,17 @@ class MaskTransformer(keras.Model):
     pixel_encoder, pixel_decoder, transformer_decoder, predictor, semantic_head: parts.
     output_stride: stride of the pixel-decoder feature the final masks are made at.
     semantic_at_inference: also run the semantic head outside training.
+    semantic_head_input: what the semantic head reads: "encoder" (the encoder
+      endpoints; MaX-S, kMaX) or "decoder" (the pixel decoder's features;
+      MaX-DeepLab-L reads its first extra-decoder stride-4 output).
+    recompute: names of parts ("pixel_encoder", "pixel_decoder",
+      "transformer_decoder") whose activations are not kept for the backward
+      pass but recomputed there (tf.recompute_grad), trading about one more
+      forward pass of those parts for memory at large crops. Training only; the
+      gradients are those without it, and batch norm moving statistics are
+      updated once (the recomputation does not update them again). Drop path /
+      dropout under a recomputed part need stateful generators
+      (``ExperimentConfig.seed``), whose draws are replayed.
   """
 
   def __init__(self, pixel_encoder: keras.layers.Layer = gin.REQUIRED,
@@ -42,8 +56,19 @@ class MaskTransformer(keras.Model):
                transformer_decoder: keras.layers.Layer = gin.REQUIRED,
                predictor: Optional[keras.layers.Layer] = None,
                semantic_head: Optional[keras.layers.Layer] = None,
-               output_stride: int = 4, semantic_at_inference: bool = False, **kwargs):
+               output_stride: int = 4, semantic_at_inference: bool = False,
+               recompute: Sequence[str] = (), semantic_head_input: str = "encoder",
+               **kwargs):
     super().__init__(**kwargs)
+    if semantic_head_input not in ("encoder", "decoder"):
+      raise ValueError("MaskTransformer.semantic_head_input must be 'encoder' or "
+                       f"'decoder', got {semantic_head_input!r}.")
+    self.semantic_head_input = semantic_head_input
+    unknown = set(recompute) - set(_RECOMPUTABLE_PARTS)
+    if unknown:
+      raise ValueError(f"MaskTransformer.recompute names {sorted(unknown)}; choose from "
+                       f"{list(_RECOMPUTABLE_PARTS)}.")
+    self.recompute = tuple(recompute)
     self.pixel_encoder = pixel_encoder
     self.pixel_decoder = pixel_decoder
     self.transformer_decoder = transformer_decoder
@@ -63,9 +88,16 @@ class MaskTransformer(keras.Model):
     layers = [self.semantic_head] if self.semantic_head is not None else []
     return layers + list(getattr(self.transformer_decoder, "training_only_layers", []))
 
+  def _run_part(self, name: str, inputs, training):
+    """Calls part ``name``, under tf.recompute_grad when configured and training."""
+    part = getattr(self, name)
+    if not (training and name in self.recompute):
+      return part(inputs, training=training)
+    return _recompute_call(part, inputs, training)
+
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
-    endpoints = self.pixel_encoder(images, training=training)
-    features = self.pixel_decoder(endpoints, training=training)
+    endpoints = self._run_part("pixel_encoder", images, training)
+    features = self._run_part("pixel_decoder", endpoints, training)
     key = f"stride{self.output_stride}"
     if key not in features:
       raise ValueError(f"MaskTransformer.output_stride={self.output_stride} but the pixel "
@@ -73,11 +105,101 @@ class MaskTransformer(keras.Model):
     if self._decoder_predicts:
       outputs = dict(self.transformer_decoder(features, training=training))
     else:
-      class_embedding, mask_embedding, aux = self.transformer_decoder(features,
-                                                                      training=training)
+      class_embedding, mask_embedding, aux = self._run_part("transformer_decoder", features,
+                                                            training)
       outputs = dict(self.predictor(features[key], class_embedding, mask_embedding,
                                     training=training))
       outputs[common.AUX_OUTPUTS] = aux
     if self.semantic_head is not None and (training or self.semantic_at_inference):
-      outputs[common.PRED_SEMANTIC_LOGITS] = self.semantic_head(endpoints, training=training)
+      semantic_input = features if self.semantic_head_input == "decoder" else endpoints
+      outputs[common.PRED_SEMANTIC_LOGITS] = self.semantic_head(semantic_input,
+                                                                training=training)
     return outputs
+
+
+_RECOMPUTABLE_PARTS = ("pixel_encoder", "pixel_decoder", "transformer_decoder")
+
+
+@contextlib.contextmanager
+def _frozen_moving_statistics(layer: keras.layers.Layer):
+  """Batch norms under ``layer`` compute batch statistics but do not update their
+  moving averages (used while recomputing a forward pass that already did)."""
+  norms = [m for m in layer.submodules if isinstance(m, keras.layers.BatchNormalization)]
+  if isinstance(layer, keras.layers.BatchNormalization):
+    norms.append(layer)
+  keep = lambda variable, *args, **kwargs: tf.identity(variable)
+  for norm in norms:
+    # Instance attributes shadow the methods Keras calls for the moving-average
+    # assignments (the plain and the fused-update paths).
+    norm._assign_moving_average = keep  # pylint: disable=protected-access
+    norm._assign_new_value = keep  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    for norm in norms:
+      del norm._assign_moving_average  # pylint: disable=protected-access
+      del norm._assign_new_value  # pylint: disable=protected-access
+
+
+def _random_generators(part: keras.layers.Layer) -> List[tf.random.Generator]:
+  """The stateful generators of the random layers under ``part``.
+
+  Raises:
+    ValueError: a random layer under ``part`` draws from TensorFlow's global
+      (legacy) random ops, whose draws cannot be replayed in the recomputation.
+  """
+  generators = []
+  for layer in [part] + list(part.submodules):
+    keras_generator = getattr(layer, "_random_generator", None)
+    if keras_generator is None:
+      continue
+    rate = getattr(layer, "drop_rate", getattr(layer, "rate", 0.0))
+    generator = getattr(keras_generator, "_generator", None)
+    if isinstance(generator, tf.random.Generator):
+      generators.append(generator)
+    elif rate and getattr(layer, "built", False):
+      raise ValueError(
+          f"MaskTransformer.recompute: layer {layer.name!r} draws random masks from "
+          "global random ops, which the recomputation cannot replay; set "
+          "ExperimentConfig.seed (stateful generators) or drop its rate to 0.")
+  return generators
+
+
+def _recompute_call(part: keras.layers.Layer, inputs, training):
+  """``part(inputs, training)`` whose activations are recomputed in the backward pass.
+
+  ``inputs`` and the outputs may be nested (dicts of endpoints, lists of auxiliary
+  predictions): tf.recompute_grad sees flat tensors. Python runs the wrapped
+  function once for the forward pass and once more when the gradient is built;
+  the second run must not update batch-norm moving statistics again.
+  """
+  flat_inputs = tf.nest.flatten(inputs)
+  calls = []
+  structure = []
+  generators = _random_generators(part)
+  saved_states = []
+
+  def forward(*flat):
+    nested = tf.nest.pack_sequence_as(inputs, list(flat))
+    recomputing = bool(calls)
+    calls.append(1)
+    if not recomputing:
+      # Random layers (drop path, dropout) must draw the same masks again when
+      # the pass is recomputed: their generators' states are replayed.
+      saved_states[:] = [g.state.read_value() for g in generators]
+      outputs = part(nested, training=training)
+    else:
+      after = [g.state.read_value() for g in generators]
+      with tf.control_dependencies(after):
+        for g, state in zip(generators, saved_states):
+          g.state.assign(state)
+      with _frozen_moving_statistics(part):
+        outputs = part(nested, training=training)
+      for g, state in zip(generators, after):
+        g.state.assign(state)
+    if not structure:
+      structure.append(outputs)
+    return tf.nest.flatten(outputs)
+
+  flat_outputs = tf.recompute_grad(forward)(*flat_inputs)
+  return tf.nest.pack_sequence_as(structure[0], list(flat_outputs))

@@ -22,7 +22,27 @@ from deeplab_panoptic.training import files
 from deeplab_panoptic.training import model_summary
 from deeplab_panoptic.training import strategies
 from deeplab_panoptic.training import trainer as trainer_lib
+from deeplab_panoptic.training.optimizers import DynamicLossScale
 from deeplab_panoptic.training.optimizers import OptimizerGroup
+
+_POLICIES = {None: "float32", "float32": "float32", "bfloat16": "mixed_bfloat16",
+             "float16": "mixed_float16"}
+
+
+def set_precision_policy(mixed_precision: Optional[str]) -> str:
+  """Sets the global tf_keras dtype policy; returns its name.
+
+  Args:
+    mixed_precision: None / "float32", "bfloat16" or "float16".
+
+  Raises:
+    ValueError: for any other value.
+  """
+  if mixed_precision not in _POLICIES:
+    raise ValueError(f"ExperimentConfig.mixed_precision={mixed_precision!r}; use None, "
+                     "'bfloat16' (TPU) or 'float16' (GPU).")
+  keras.mixed_precision.set_global_policy(_POLICIES[mixed_precision])
+  return _POLICIES[mixed_precision]
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval", "export", "summary")
 
@@ -54,6 +74,12 @@ class ExperimentConfig:
       ``label_divisor`` and ``ignore_label`` of the dataset
       (``@PixelwisePanopticPostprocessor``, or ``@MaskWiseMergingPostprocessor``
       for Panoptic SegFormer).
+    mixed_precision: None (float32), "bfloat16" (TPU; also runs on CPU) or
+      "float16" (GPU, with a dynamic loss scale). The model computes in that
+      type with float32 variables; its outputs, the losses and the
+      postprocessing are float32. Export and summary always build float32.
+    loss_scale: the DynamicLossScale built for "float16" (its gin arguments set
+      the initial scale and growth).
   """
   train_file_pattern: Optional[str] = None
   eval_file_pattern: Optional[str] = None
@@ -73,6 +99,8 @@ class ExperimentConfig:
   deterministic_ops: bool = False
   seed: Optional[int] = None
   postprocessor: Callable[..., Callable] = PixelwisePanopticPostprocessor
+  mixed_precision: Optional[str] = None
+  loss_scale: Callable[[], DynamicLossScale] = DynamicLossScale
 
 
 class Experiment:
@@ -92,6 +120,11 @@ class Experiment:
       tf.config.experimental.enable_op_determinism()
     self.info = dataset_info_lib.dataset_info()
     self.strategy = strategies.build_strategy()
+    # Layers take the global policy when they are constructed (always set, so an
+    # earlier Experiment in the same process leaves nothing behind). A float32
+    # export / summary reads the same float32 variables.
+    self.precision = None if mode in ("export", "summary") else self.config.mixed_precision
+    set_precision_policy(self.precision)
     with self.strategy.scope():
       self.model = MaskTransformer()
       self.postprocessor = self.config.postprocessor(
@@ -145,7 +178,8 @@ class Experiment:
     ids = {id(v) for v in backbone}
     others = [v for v in self.model.trainable_variables if id(v) not in ids]
     with self.strategy.scope():
-      return OptimizerGroup(backbone, others)
+      loss_scale = self.config.loss_scale() if self.precision == "float16" else None
+      return OptimizerGroup(backbone, others, loss_scale=loss_scale)
 
   def _loss(self):
     return self.config.loss()

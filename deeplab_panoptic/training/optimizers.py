@@ -107,6 +107,61 @@ def _no_decay(variable: tf.Variable) -> bool:
 
 
 @gin.configurable
+class DynamicLossScale(tf.Module):
+  """Dynamic loss scale for float16 training (the rule of Keras' LossScaleOptimizer).
+
+  The loss is multiplied by ``scale`` before differentiation so that small float16
+  gradients do not flush to zero; the gradients are divided by it again. A step
+  whose (all-reduced) gradients hold an Inf/NaN is skipped and halves the scale;
+  ``growth_steps`` finite steps in a row double it. One scale serves both
+  optimizers of an OptimizerGroup, so both skip the same steps.
+
+  Args:
+    initial_scale: first scale (Keras: 2**15).
+    growth_steps: finite steps before the scale grows (Keras: 2000).
+    multiplier: growth / shrink factor.
+  """
+
+  def __init__(self, initial_scale: float = 2.0 ** 15, growth_steps: int = 2000,
+               multiplier: float = 2.0):
+    super().__init__(name="dynamic_loss_scale")
+    self.growth_steps = int(growth_steps)
+    self.multiplier = float(multiplier)
+    # Aggregation NONE: every replica computes the same update from all-reduced
+    # gradients, so nothing is summed across replicas.
+    self.scale = tf.Variable(float(initial_scale), trainable=False, dtype=tf.float32,
+                             name="current_loss_scale",
+                             aggregation=tf.VariableAggregation.NONE)
+    self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps",
+                                  aggregation=tf.VariableAggregation.NONE)
+
+  def __call__(self) -> tf.Tensor:
+    """The current scale, a float32 scalar."""
+    return tf.convert_to_tensor(self.scale)
+
+  def update(self, is_finite: tf.Tensor) -> tf.Operation:
+    """Grows or shrinks the scale after a step whose gradients were (not) finite."""
+    def grow():
+      grown = self.good_steps + 1 >= self.growth_steps
+      new_scale = tf.where(grown, self.scale * self.multiplier, self.scale)
+      # A scale that overflows float32 keeps its old value.
+      new_scale = tf.where(tf.math.is_finite(new_scale), new_scale, self.scale)
+      return tf.group(self.scale.assign(new_scale),
+                      self.good_steps.assign(tf.where(grown, tf.constant(0, tf.int64),
+                                                      self.good_steps + 1)))
+
+    def shrink():
+      return tf.group(self.scale.assign(tf.maximum(self.scale / self.multiplier, 1.0)),
+                      self.good_steps.assign(0))
+
+    return tf.cond(is_finite, grow, shrink)
+
+
+def _all_finite(grads) -> tf.Tensor:
+  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+
+
+@gin.configurable
 class OptimizerGroup(tf.Module):
   """One optimizer for the backbone and one for the rest, with a learning-rate ratio.
 
@@ -114,12 +169,19 @@ class OptimizerGroup(tf.Module):
     backbone_variables: variables of the pixel encoder.
     other_variables: every other trainable variable.
     backbone_learning_rate_multiplier: backbone learning rate / main learning rate.
+    loss_scale: a DynamicLossScale for float16 training (set by the experiment when
+      ``ExperimentConfig.mixed_precision = 'float16'``), else None. The trainer
+      multiplies the loss by it and divides the gradients by it; a step with
+      non-finite gradients is skipped by both optimizers (the step counters still
+      advance, as Keras' LossScaleOptimizer does).
   """
 
   def __init__(self, backbone_variables: List[tf.Variable],
                other_variables: List[tf.Variable],
-               backbone_learning_rate_multiplier: float = 0.1):
+               backbone_learning_rate_multiplier: float = 0.1,
+               loss_scale: Optional[DynamicLossScale] = None):
     super().__init__(name="optimizer_group")
+    self.loss_scale = loss_scale
     self.learning_rate = learning_rate_schedule()
     self.main = make_optimizer(self.learning_rate)
     self.backbone = make_optimizer(
@@ -139,17 +201,66 @@ class OptimizerGroup(tf.Module):
         else tf.constant(self.learning_rate)
 
   def apply_gradients(self, grads_and_vars) -> None:
+    """Applies (unscaled) gradients; called in a replica context."""
+    if self.loss_scale is None:
+      self._apply_split(list(grads_and_vars))
+      return
+    pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+    # All-reduce first, so every replica sees the same finiteness and all skip
+    # (or apply) the same step; the optimizers then skip their own aggregation.
+    pairs = list(self.main.aggregate_gradients(pairs))
+    grads = [g for g, _ in pairs]
+    variables = [v for _, v in pairs]
+
+    def apply():
+      self._apply_split(list(zip(grads, variables)), skip_gradients_aggregation=True)
+
+    def skip():
+      # The counters still advance, so both schedules stay at the global step.
+      self.main.iterations.assign_add(1, read_value=False)
+      if self._backbone_ids:
+        self.backbone.iterations.assign_add(1, read_value=False)
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+      is_finite = _all_finite(grads)
+      self.loss_scale.update(is_finite)
+      tf.__internal__.smart_cond.smart_cond(is_finite, apply, skip)
+      return
+
+    def cross_replica(distribution, per_replica_grads):
+      # A cond whose branch calls apply_gradients (which merge_calls) must run
+      # in the cross-replica context; the grads are all-reduced, so replica 0's
+      # finiteness is everyone's.
+      finite = distribution.experimental_local_results(
+          distribution.extended.call_for_each_replica(_all_finite,
+                                                      args=(per_replica_grads,)))[0]
+      self.loss_scale.update(finite)
+
+      def apply_all():
+        distribution.extended.call_for_each_replica(
+            lambda g: self._apply_split(list(zip(g, variables)),
+                                        skip_gradients_aggregation=True),
+            args=(per_replica_grads,))
+
+      tf.__internal__.smart_cond.smart_cond(finite, apply_all, skip)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads,))
+
+  def _apply_split(self, grads_and_vars, **kwargs) -> None:
     main, backbone = [], []
     for g, v in grads_and_vars:
       if g is None:
         continue
       (backbone if id(v) in self._backbone_ids else main).append((g, v))
-    self.main.apply_gradients(main)
+    self.main.apply_gradients(main, **kwargs)
     if backbone:
-      self.backbone.apply_gradients(backbone)
+      self.backbone.apply_gradients(backbone, **kwargs)
 
   def checkpoint_items(self) -> Dict[str, tf.Module]:
-    return {"optimizer": self.main, "backbone_optimizer": self.backbone}
+    items = {"optimizer": self.main, "backbone_optimizer": self.backbone}
+    if self.loss_scale is not None:
+      items["loss_scale"] = self.loss_scale
+    return items
 
 
 # ----------------------------------------------------------------------------

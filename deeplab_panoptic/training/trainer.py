@@ -120,7 +120,7 @@ class PanopticTrainer(orbit.StandardTrainer):
 
   def create_metrics(self, batch) -> None:
     """Creates one Mean per loss term (outside tf.function, before the first step)."""
-    outputs = self.model(batch[common.IMAGE], training=True)
+    outputs = float32_outputs(self.model(batch[common.IMAGE], training=True))
     for name in self.loss_fn(batch, outputs):
       self._metric(name)
     self._metric(_GRADIENT_NORM)
@@ -137,7 +137,7 @@ class PanopticTrainer(orbit.StandardTrainer):
         lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,  # pylint: disable=protected-access
         self.train_dataset.element_spec)
     trace = tf.function(lambda batch: self.loss_fn(
-        batch, self.model(batch[common.IMAGE], training=True)))
+        batch, float32_outputs(self.model(batch[common.IMAGE], training=True))))
     names = list(trace.get_concrete_function(spec).structured_outputs)
     for name in names:
       self._metric(name)
@@ -154,16 +154,23 @@ class PanopticTrainer(orbit.StandardTrainer):
       self._run_start, self._run_start_step = self._loop_start, self._loop_start_step
 
   def _forward_backward(self, batch):
+    loss_scale = getattr(self.optimizer, "loss_scale", None)
     with tf.GradientTape() as tape:
-      outputs = self.model(batch[common.IMAGE], training=True)
+      outputs = float32_outputs(self.model(batch[common.IMAGE], training=True))
       losses = self.loss_fn(batch, outputs)
       # Keras regularisation losses (none by default) join the total.
       total = losses[common.LOSS_TOTAL]
       if self.model.losses:
-        total += tf.add_n(self.model.losses)
+        total += tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses])
       scaled = total / self.strategy.num_replicas_in_sync
+      if loss_scale is not None:
+        # float16: small gradients would flush to zero without the scale.
+        scaled = scaled * loss_scale()
     variables = self.model.trainable_variables
     grads = tape.gradient(scaled, variables)
+    if loss_scale is not None:
+      inverse = 1.0 / loss_scale()
+      grads = [None if g is None else g * tf.cast(inverse, g.dtype) for g in grads]
     return losses, grads
 
   def train_step(self, iterator):
@@ -226,6 +233,21 @@ class PanopticTrainer(orbit.StandardTrainer):
     if self._preemption is not None and self._preemption.requested:
       raise TrainingPreempted(f"train | SIGTERM received: stopping at step {step}")
     return logs
+
+
+def float32_outputs(outputs):
+  """The model's outputs with every floating tensor cast to float32.
+
+  Under a mixed-precision policy (bfloat16 / float16) the model computes in the
+  low precision; logits, losses and postprocessing stay in float32, where the
+  softmaxes, the matching costs and the PQ-style losses keep their accuracy.
+  Integer tensors and non-tensors pass through unchanged.
+  """
+  def cast(t):
+    if isinstance(t, tf.Tensor) and t.dtype.is_floating and t.dtype != tf.float32:
+      return tf.cast(t, tf.float32)
+    return t
+  return tf.nest.map_structure(cast, outputs)
 
 
 _NON_FINITE_MARK = "Training loss is not finite at step"

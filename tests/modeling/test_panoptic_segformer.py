@@ -3,21 +3,25 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from deeplab_panoptic import common
 from deeplab_panoptic.losses.panoptic_segformer import PanopticSegFormerLoss
+from deeplab_panoptic.modeling.layers.deformable_attention import (
+    MultiScaleDeformableAttention)
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
 from deeplab_panoptic.modeling.pixel_decoders.deformable import DeformableEncoder
 from deeplab_panoptic.modeling.pixel_encoders.pvtv2 import PVTv2Encoder
+from deeplab_panoptic.modeling.pixel_encoders.resnet import ResNetEncoder
 from deeplab_panoptic.modeling.transformer_decoders.panoptic_segformer import (
-    PanopticSegFormerDecoder)
+    AUX_LOCATIONS, PanopticSegFormerDecoder)
 from deeplab_panoptic.training import model_summary
 
 NUM_CLASSES = 3
 QUERIES = 6
 
 
-def _model(extra_levels=0, mask_layers=2):
+def _model(extra_levels=0, mask_layers=2, paper_decoder=False):
   strides = (8, 16, 32) + ((64,) if extra_levels else ())
   return MaskTransformer(
       pixel_encoder=PVTv2Encoder(variant="b0", embed_dims=(8, 16, 16, 16),
@@ -29,7 +33,8 @@ def _model(extra_levels=0, mask_layers=2):
       transformer_decoder=PanopticSegFormerDecoder(
           num_classes=NUM_CLASSES, num_queries=QUERIES, location_strides=strides,
           hidden_dim=16, num_heads=2, num_points=2, num_location_layers=1,
-          num_mask_layers=mask_layers, ffn_dim=32, mask_ffn_dim=32),
+          num_mask_layers=mask_layers, ffn_dim=32, mask_ffn_dim=32,
+          mask_self_attention=paper_decoder, location_refine=paper_decoder),
       output_stride=8)
 
 
@@ -85,7 +90,8 @@ def test_mask_fusion_equals_conv_on_upsampled_concat():
 def test_train_step_compiles_with_xla():
   # One mask layer (no auxiliary stage): one TPU-matcher instance keeps the
   # XLA compile short on CPU; the aux path is covered by the eager test below.
-  model = _model(mask_layers=1)
+  # The paper recipe's decoder: mask self-attention and box refinement.
+  model = _model(mask_layers=1, paper_decoder=True)
   images = tf.random.uniform([2, 32, 32, 3], -1, 1)
   model(images, training=True)
   loss_fn = PanopticSegFormerLoss(matcher_method="tpu")
@@ -111,3 +117,117 @@ def test_aux_losses_eager():
                                                          model(images, training=True))
   assert "aux_0/" + common.LOSS_DICE in losses
   assert np.isfinite(losses[common.LOSS_TOTAL].numpy())
+
+
+def test_mask_self_attention_adds_a_detr_self_attention_per_layer():
+  """Each mask layer gains q/k/v/out projections (dim x dim + bias) and one LN."""
+  counts = []
+  for self_attention in (False, True):
+    decoder = PanopticSegFormerDecoder(
+        num_classes=NUM_CLASSES, num_queries=QUERIES, location_strides=(8, 16, 32),
+        hidden_dim=16, num_heads=2, num_points=2, num_location_layers=1,
+        num_mask_layers=2, ffn_dim=32, mask_ffn_dim=32,
+        mask_self_attention=self_attention)
+    features = {f"stride{s}": tf.random.normal([1, 32 // s, 32 // s, 16]) for s in (8, 16, 32)}
+    out = decoder(features, training=False)
+    counts.append(model_summary.count_params(decoder.weights))
+  assert out[common.PRED_MASK_LOGITS].shape == (1, 4, 4, QUERIES)
+  assert counts[1] - counts[0] == 2 * (4 * (16 * 16 + 16) + 2 * 16)
+
+
+def test_resnet_frozen_stem_stage1_and_batch_norm_do_not_train():
+  """frozen_stages=1 + freeze_batch_norm: one optimizer step on the trainable
+  variables (as the trainer does) leaves the stem, stage 1 and every batch norm
+  (gamma, beta and moving statistics) as they were, and trains the rest."""
+  encoder = ResNetEncoder(model_id=18, depth_multiplier=0.25, frozen_stages=1,
+                          freeze_batch_norm=True, norm_momentum=0.5)
+  images = tf.random.uniform([2, 32, 32, 3], -1, 1)
+  encoder(images, training=True)
+  trainable = {id(v) for v in encoder.trainable_variables}
+  frozen = [v for v in encoder.weights if id(v) not in trainable]
+  # Hand count: stem 7x7x3x16; stage 1 = two basic blocks of 16 filters (two 3x3
+  # convs each) plus the first block's 1x1 projection; every BN's gamma, beta, mean, var.
+  convs = 7 * 7 * 3 * 16 + 2 * 2 * (3 * 3 * 16 * 16) + 16 * 16
+  bn = sum(int(np.prod(v.shape)) for v in encoder.weights if "batch_norm" in v.name)
+  assert model_summary.count_params(frozen) == convs + bn
+  before = {v.name: v.numpy().copy() for v in encoder.weights}
+  with tf.GradientTape() as tape:
+    features = encoder(images, training=True)
+    loss = tf.add_n([tf.reduce_sum(tf.square(f)) for f in features.values()])
+  grads = tape.gradient(loss, encoder.trainable_variables)
+  for g, v in zip(grads, encoder.trainable_variables):
+    v.assign_sub(0.1 * g)
+  for v in frozen:
+    np.testing.assert_array_equal(v.numpy(), before[v.name], err_msg=v.name)
+  changed = [v.name for v in encoder.trainable_variables
+             if not np.array_equal(v.numpy(), before[v.name])]
+  assert len(changed) == len(encoder.trainable_variables)
+
+
+def test_box_reference_matches_point_reference_at_unit_box():
+  """A box (cx, cy, w, h) reference with w = 2P/W, h = 2P/H scales the offsets
+  by exactly 1/(W, H): the same samples as the point (cx, cy) reference."""
+  points, (h, w) = 2, (4, 6)
+  attention = MultiScaleDeformableAttention(8, num_heads=2, num_levels=1, num_points=points)
+  query = tf.random.normal([1, 3, 8])
+  value = tf.random.normal([1, h * w, 8])
+  centre = tf.random.uniform([1, 3, 1, 2], 0.2, 0.8)
+  attention(query, centre, value, [(h, w)])
+  attention._offsets.kernel.assign(tf.random.normal(attention._offsets.kernel.shape))
+  box = tf.concat([centre, tf.broadcast_to([[[[2.0 * points / w, 2.0 * points / h]]]],
+                                           [1, 3, 1, 2])], axis=-1)
+  np.testing.assert_allclose(attention(query, box, value, [(h, w)]).numpy(),
+                             attention(query, centre, value, [(h, w)]).numpy(),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_location_refinement_boxes_and_loss():
+  decoder = PanopticSegFormerDecoder(
+      num_classes=NUM_CLASSES, num_queries=QUERIES, location_strides=(8, 16, 32),
+      hidden_dim=16, num_heads=2, num_points=2, num_location_layers=3,
+      num_mask_layers=1, ffn_dim=32, mask_ffn_dim=32, location_refine=True)
+  features = {f"stride{s}": tf.random.normal([2, 32 // s, 32 // s, 16]) for s in (8, 16, 32)}
+  out = decoder(features, training=True)
+  aux = out[AUX_LOCATIONS]
+  assert len(aux) == 2 and aux[0][common.PRED_LOCATION_SCALE].shape == (2, QUERIES, 2)
+  # Zero-initialised deltas: the first box is the reference point with size sigmoid(-2).
+  reference = tf.sigmoid(decoder._reference(tf.split(decoder._queries, 2, -1)[0]))
+  np.testing.assert_allclose(aux[0][common.PRED_LOCATION_CENTER][0].numpy(),
+                             reference.numpy()[:, ::-1], rtol=1e-5)
+  np.testing.assert_allclose(aux[0][common.PRED_LOCATION_SCALE].numpy(),
+                             1.0 / (1.0 + np.exp(2.0)), rtol=1e-5)
+  # Three heads (256-wide MLP 16-16-16-4), all inference layers.
+  assert decoder.training_only_layers == []
+  assert model_summary.count_params([w for l in decoder._location_heads for w in l.weights]) \
+      == 3 * (16 * 16 + 16 + 16 * 16 + 16 + 16 * 4 + 4)
+  outputs = dict(out, **{common.PRED_MASK_LOGITS: tf.random.normal([2, 4, 4, QUERIES])})
+  losses = PanopticSegFormerLoss(matcher_method="scipy")(_batch(4, 4), outputs)
+  assert {"location_0/" + common.LOSS_LOCATION,
+          "location_1/" + common.LOSS_LOCATION} <= set(losses)
+  # An earlier layer predicting the final boxes gets aux_weight x the final
+  # L_loc: it is matched with the final stage's assignment.
+  final = {k: out[k] for k in (common.PRED_LOCATION_CENTER, common.PRED_LOCATION_SCALE)}
+  losses = PanopticSegFormerLoss(matcher_method="scipy", aux_weight=0.5)(
+      _batch(4, 4), dict(outputs, **{AUX_LOCATIONS: [final, final]}))
+  np.testing.assert_allclose(losses["location_1/" + common.LOSS_LOCATION].numpy(),
+                             0.5 * losses[common.LOSS_LOCATION].numpy(), rtol=1e-6)
+
+
+def test_fpn_level_wiring():
+  """fpn_strides=(4,): stride 4 = ReLU(GN(conv3x3(GN(lateral(C2)) + Up2(encoded s8))))
+  from the stride-4 endpoint and the encoder's stride-8 output; the encoded
+  levels are unchanged by the option."""
+  endpoints = {f"stride{s}": tf.random.normal([1, 32 // s, 32 // s, 4])
+               for s in (4, 8, 16, 32)}
+  outs = []
+  for fpn in ((), (4,)):
+    keras.utils.set_random_seed(0)
+    encoder = DeformableEncoder(hidden_dim=8, num_layers=1, num_heads=2, num_points=1,
+                                ffn_dim=8, num_groups=2, fpn_strides=fpn)
+    outs.append(encoder(endpoints))
+  assert sorted(outs[1]) == ["stride16", "stride32", "stride4", "stride8"]
+  np.testing.assert_allclose(outs[1]["stride8"].numpy(), outs[0]["stride8"].numpy())
+  lateral, lateral_norm, conv, norm = encoder._fpn[0]
+  up = tf.image.resize(outs[1]["stride8"], (8, 8), method="bilinear")
+  want = tf.nn.relu(norm(conv(lateral_norm(lateral(endpoints["stride4"])) + up)))
+  np.testing.assert_allclose(outs[1]["stride4"].numpy(), want.numpy(), atol=1e-5)

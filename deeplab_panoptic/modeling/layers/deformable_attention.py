@@ -114,7 +114,8 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
 
   Inputs:
     query: [batch, Q, dim] (with its positional embedding added).
-    reference_points: [batch, Q, levels, 2], (x, y) in [0, 1].
+    reference_points: [batch, Q, levels, 2], (x, y) in [0, 1], or [batch, Q,
+      levels, 4] boxes (cx, cy, w, h) in [0, 1].
     value: [batch, S, dim], the flattened levels of ``spatial_shapes``.
     spatial_shapes: python (h, w) per level.
   Output: [batch, Q, dim].
@@ -167,12 +168,21 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
                          [-1, num_queries, heads, levels, points])
     # Offsets are in pixels of each level: divide by (w_l, h_l). Computed at rank 5
     # ([B*Q, heads, levels, points, 2]): CPU kernels do not broadcast 6-D adds.
-    normaliser = tf.constant([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype)
-    reference = tf.broadcast_to(tf.cast(reference_points, offsets.dtype),
-                                [tf.shape(query)[0], num_queries, levels, 2])
-    locations = (tf.reshape(reference, [-1, 1, levels, 1, 2]) +
-                 tf.reshape(offsets, [-1, heads, levels, points, 2]) /
-                 normaliser[tf.newaxis, tf.newaxis, :, tf.newaxis, :])
+    if reference_points.shape[-1] == 4:
+      # Box references (cx, cy, w, h), Deformable DETR's box refinement: offsets
+      # are in units of half the box size over num_points.
+      reference = tf.broadcast_to(tf.cast(reference_points, offsets.dtype),
+                                  [tf.shape(query)[0], num_queries, levels, 4])
+      locations = (tf.reshape(reference[..., :2], [-1, 1, levels, 1, 2]) +
+                   tf.reshape(offsets, [-1, heads, levels, points, 2]) / points *
+                   tf.reshape(reference[..., 2:], [-1, 1, levels, 1, 2]) * 0.5)
+    else:
+      normaliser = tf.constant([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype)
+      reference = tf.broadcast_to(tf.cast(reference_points, offsets.dtype),
+                                  [tf.shape(query)[0], num_queries, levels, 2])
+      locations = (tf.reshape(reference, [-1, 1, levels, 1, 2]) +
+                   tf.reshape(offsets, [-1, heads, levels, points, 2]) /
+                   normaliser[tf.newaxis, tf.newaxis, :, tf.newaxis, :])
     locations = tf.reshape(locations, [-1, num_queries, heads, levels, points, 2])
     output = multi_scale_deformable_sampling(value, spatial_shapes, locations, weights)
     return self._output_proj(output)

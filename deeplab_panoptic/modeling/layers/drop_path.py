@@ -4,14 +4,20 @@ import tensorflow as tf
 import tf_keras as keras
 
 
-class DropPath(keras.layers.Layer):
+class DropPath(keras.__internal__.layers.BaseRandomLayer):
   """Drops a residual branch per sample and rescales the kept ones by 1 / keep.
+
+  The draws come from the layer's Keras random generator, as Dropout's: with
+  ``keras.backend.experimental.enable_tf_random_generator()`` (done by a run with
+  ``ExperimentConfig.seed``) it is a stateful tf.random.Generator, which the
+  experiment checkpoints, so a resumed run draws the same masks as an
+  uninterrupted one.
 
   Input and output: any shape ``[batch, ...]``.
   """
 
-  def __init__(self, drop_rate: float = 0.0, **kwargs):
-    super().__init__(**kwargs)
+  def __init__(self, drop_rate: float = 0.0, seed=None, **kwargs):
+    super().__init__(seed=seed, **kwargs)
     if not 0.0 <= drop_rate < 1.0:
       raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}.")
     self.drop_rate = drop_rate
@@ -21,7 +27,9 @@ class DropPath(keras.layers.Layer):
       return x
     keep = 1.0 - self.drop_rate
     shape = [tf.shape(x)[0]] + [1] * (x.shape.rank - 1)
-    mask = tf.floor(keep + tf.random.uniform(shape, dtype=x.dtype))
+    # Drawn in float32 (not every generator draws bfloat16), then cast.
+    uniform = self._random_generator.random_uniform(shape, dtype=tf.float32)
+    mask = tf.cast(tf.floor(keep + uniform), x.dtype)
     return x / keep * mask
 
   def get_config(self):

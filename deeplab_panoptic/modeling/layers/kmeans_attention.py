@@ -1,6 +1,6 @@
 """k-means cross-attention and the kMaX transformer layer built on it."""
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -42,11 +42,15 @@ def kmeans_center_update(assignment: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
 class MultiHeadSelfAttention(keras.layers.Layer):
   """Multi-head self-attention among cluster centres.
 
+  As deeplab2's kMaX layers, the similarity logits get a batch norm (one gamma /
+  beta per head) instead of the 1/sqrt(depth) scale; ``similarity_batch_norm``
+  False gives the scaled dot product without it.
+
   Input ``[batch, N, d_in]``; output ``[batch, N, value_dim]`` (activated).
   """
 
   def __init__(self, num_heads: int, key_dim: int, value_dim: int, activation: str,
-               **kwargs):
+               similarity_batch_norm: bool = True, **kwargs):
     super().__init__(**kwargs)
     if key_dim % num_heads or value_dim % num_heads:
       raise ValueError(f"key_dim {key_dim} and value_dim {value_dim} must be divisible "
@@ -57,6 +61,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     self._qkv = keras.layers.Dense(2 * key_dim + value_dim, use_bias=False, name="qkv")
     self._qkv_bn = conv.batch_norm(name="qkv_bn")
     self._value_bn = conv.batch_norm(name="value_bn")
+    # Logits [batch, head, query, key]: normalised per head.
+    self._similarity_bn = (conv.batch_norm(axis=1, name="similarity_bn")
+                           if similarity_batch_norm else None)
     self._act = conv.get_activation(activation)
 
   def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
@@ -66,8 +73,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     q = tf.reshape(q, [-1, n, self._heads, self._key_dim // self._heads])
     k = tf.reshape(k, [-1, n, self._heads, self._key_dim // self._heads])
     v = tf.reshape(v, [-1, n, self._heads, self._value_dim // self._heads])
-    scale = (self._key_dim // self._heads) ** -0.5
-    attn = tf.nn.softmax(tf.einsum("bnhc,bmhc->bhnm", q * scale, k), axis=-1)
+    if self._similarity_bn is not None:
+      logits = self._similarity_bn(tf.einsum("bnhc,bmhc->bhnm", q, k), training=training)
+    else:
+      scale = (self._key_dim // self._heads) ** -0.5
+      logits = tf.einsum("bnhc,bmhc->bhnm", q * scale, k)
+    attn = tf.nn.softmax(logits, axis=-1)
     out = tf.reshape(tf.einsum("bhnm,bmhc->bnhc", attn, v), [-1, n, self._value_dim])
     return self._act(self._value_bn(out, training=training))
 
@@ -82,14 +93,22 @@ class KMaXTransformerLayer(keras.layers.Layer):
   4. Self-attention among the (pre-update) centres, in parallel, added as well.
   5. Feed-forward network with a residual connection.
 
+  With a ``semantic_head`` (ReMaX), the auxiliary prediction dict also holds, in
+  training only, common.PRED_STAGE_SEMANTIC_LOGITS ``[batch, h, w, num_classes]``:
+  the head applied to the k-means key feature ``Ps`` (ReMaX §4: "the key in each
+  k-means cross-attention" is x_sem).
+
   Inputs: pixels ``[batch, h, w, c]`` (non-activated), centres ``[batch, N, d]``.
   Outputs: updated centres ``[batch, N, d]`` and the auxiliary prediction dict.
   """
 
   def __init__(self, center_dim: int, bottleneck_dim: int, num_heads: int,
                key_dim: int, value_dim: int, ffn_dim: int, predictor: keras.layers.Layer,
-               activation: str = "gelu", drop_path_rate: float = 0.0, **kwargs):
+               activation: str = "gelu", drop_path_rate: float = 0.0,
+               semantic_head: Optional[keras.layers.Layer] = None, **kwargs):
     super().__init__(**kwargs)
+    # Training-only (ReMaX); its owner lists it in `training_only_layers`.
+    self.semantic_head = semantic_head
     self._act = conv.get_activation(activation)
     self._center_in = keras.layers.Dense(bottleneck_dim, use_bias=False, name="center_in")
     self._center_in_bn = conv.batch_norm(name="center_in_bn")
@@ -119,6 +138,10 @@ class KMaXTransformerLayer(keras.layers.Layer):
 
     aux = self._predictor(ps, cs, cs, training=training)
     assignment = kmeans_assignment(aux[common.PRED_MASK_LOGITS])
+    if self.semantic_head is not None and training:
+      # Only in training: inference neither builds nor runs the ReMaX branch.
+      aux = dict(aux)
+      aux[common.PRED_STAGE_SEMANTIC_LOGITS] = self.semantic_head(ps, training=training)
 
     values = self._pixel_value(ps, training=training)
     update = kmeans_center_update(assignment, values)

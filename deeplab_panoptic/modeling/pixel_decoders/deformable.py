@@ -4,7 +4,10 @@ Panoptic SegFormer's neck: a channel mapper (1x1 conv + GroupNorm(32) per level,
 to 256 channels), optional extra levels (3x3 stride-2 conv + GN on the coarsest
 backbone endpoint, Deformable DETR's 4th level), then deformable self-attention
 layers over the concatenated tokens of all levels, with sine positional encodings
-plus a learned per-level embedding.
+plus a learned per-level embedding. Optional finer levels (``fpn_strides``)
+are not encoded: each is a 1x1 lateral conv + GN of its backbone endpoint plus
+the 2x-upsampled next-coarser output, then a 3x3 conv + GN (an FPN step, as
+Mask2Former's pixel decoder adds stride 4); a mask decoder can attend to them.
 """
 
 from typing import Dict, List, Sequence, Tuple
@@ -100,14 +103,20 @@ class DeformableEncoder(keras.layers.Layer):
     ffn_dim: feed-forward hidden width (1024).
     dropout: dropout rate (0.1).
     num_groups: GroupNorm groups of the channel mapper (32).
+    fpn_strides: finer levels added after the encoder by FPN steps, e.g. (4,)
+      (none in the paper; the CPU quickstart uses 4 for 32x32 masks).
   """
 
   def __init__(self, input_strides: Sequence[int] = (8, 16, 32), num_extra_levels: int = 0,
                hidden_dim: int = 256, num_layers: int = 6, num_heads: int = 8,
                num_points: int = 4, ffn_dim: int = 1024, dropout: float = 0.1,
-               num_groups: int = 32, **kwargs):
+               num_groups: int = 32, fpn_strides: Sequence[int] = (), **kwargs):
     super().__init__(**kwargs)
     self.input_strides = tuple(input_strides)
+    self.fpn_strides = tuple(sorted(fpn_strides, reverse=True))   # coarse to fine
+    if any(s >= self.input_strides[0] for s in self.fpn_strides):
+      raise ValueError(f"DeformableEncoder.fpn_strides {fpn_strides} must be finer than "
+                       f"input_strides[0] = {self.input_strides[0]}.")
     self.output_strides = self.input_strides + tuple(
         self.input_strides[-1] * 2 ** (i + 1) for i in range(num_extra_levels))
     num_levels = len(self.output_strides)
@@ -131,6 +140,14 @@ class DeformableEncoder(keras.layers.Layer):
     self._layers = [DeformableEncoderLayer(hidden_dim, num_heads, num_levels, num_points,
                                            ffn_dim, dropout, name=f"layer{i}")
                     for i in range(num_layers)]
+    self._fpn = [(keras.layers.Conv2D(hidden_dim, 1, use_bias=False, name=f"lateral_s{s}"),
+                  keras.layers.GroupNormalization(num_groups, epsilon=1e-5,
+                                                  name=f"lateral_gn_s{s}"),
+                  keras.layers.Conv2D(hidden_dim, 3, padding="same", use_bias=False,
+                                      name=f"output_s{s}"),
+                  keras.layers.GroupNormalization(num_groups, epsilon=1e-5,
+                                                  name=f"output_gn_s{s}"))
+                 for s in self.fpn_strides]
 
   def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
     maps = []
@@ -161,4 +178,14 @@ class DeformableEncoder(keras.layers.Layer):
       outputs[f"stride{s}"] = tf.reshape(tokens[:, start:start + h * w],
                                          [-1, h, w, self.hidden_dim])
       start += h * w
+    coarser = outputs[f"stride{self.input_strides[0]}"]
+    for s, (lateral, lateral_norm, conv, norm) in zip(self.fpn_strides, self._fpn):
+      key = f"stride{s}"
+      if key not in endpoints:
+        raise ValueError(f"DeformableEncoder.fpn_strides needs the pixel-encoder output "
+                         f"{key!r}; it gives {sorted(endpoints)}.")
+      x = lateral_norm(lateral(endpoints[key]))
+      size = x.shape[1:3] if x.shape[1:3].is_fully_defined() else tf.shape(x)[1:3]
+      x += tf.image.resize(coarser, size, method="bilinear")
+      coarser = outputs[key] = tf.nn.relu(norm(conv(x)))
     return outputs

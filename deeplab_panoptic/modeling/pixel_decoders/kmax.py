@@ -16,7 +16,9 @@ class ResizedFuse(keras.layers.Layer):
   """Sums features of different size and width at one target size and width.
 
   Each input is activated, projected by 1x1 conv + BN to ``filters`` and
-  bilinearly resized to the first input's spatial size.
+  bilinearly resized to the first input's spatial size; an input that already
+  has ``filters`` channels is only resized (neither activated nor projected), as
+  in deeplab2.
 
   Inputs: list of ``[batch, h_i, w_i, c_i]``; output ``[batch, h_0, w_0, filters]``.
   """
@@ -24,12 +26,20 @@ class ResizedFuse(keras.layers.Layer):
   def __init__(self, filters: int, num_inputs: int, activation: str, **kwargs):
     super().__init__(**kwargs)
     self._act = conv.get_activation(activation)
+    self._filters = filters
     self._projections = [conv.ConvBN(filters, 1, name=f"proj{i}") for i in range(num_inputs)]
+
+  def build(self, input_shape):
+    # Only inputs of another width are projected (their ConvBN never builds otherwise).
+    self._projections = [None if int(shape[-1]) == self._filters else proj
+                         for shape, proj in zip(input_shape, self._projections)]
+    super().build(input_shape)
 
   def call(self, inputs: Sequence[tf.Tensor], size, training=None) -> tf.Tensor:
     out = 0.0
     for x, proj in zip(inputs, self._projections):
-      x = proj(self._act(x), training=training)
+      if proj is not None:
+        x = proj(self._act(x), training=training)
       out = out + utils.resize_bilinear(x, size)
     return out
 
@@ -60,6 +70,13 @@ class KMaXPixelDecoder(keras.layers.Layer):
     coord_conv: pass every stage output through a coord-conv (CMT-DeepLab eq. 12),
       giving the transformer decoder absolute position; off in kMaX-DeepLab.
     num_heads: heads of the axial attention blocks.
+    fuse_expanded: the skip fusion of stage ``i`` sums at the stage's output width
+      ``filters[i] * expansion``; False (deeplab2, e.g. 256 channels at stride 16
+      for R50, 788,480 params) sums at ``filters[i]`` and the stage's first block
+      expands with a projection shortcut.
+    bottleneck_dilation: atrous rate of the 3x3 convs of the bottleneck stages.
+      deeplab2 builds them as blocks of an output-stride-16 network at original
+      stride 32, which gives rate 2; the paper does not say.
   """
 
   def __init__(self, strides: Sequence[int] = (32, 16, 8, 4),
@@ -68,7 +85,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
                block_types: Sequence[str] = ("bottleneck",) * 4,
                expansion: int = 4, activation: str = "gelu",
                drop_path_rate: float = 0.0, coord_conv: bool = False,
-               num_heads: int = 8, **kwargs):
+               num_heads: int = 8, fuse_expanded: bool = False, bottleneck_dilation: int = 2,
+               **kwargs):
     super().__init__(**kwargs)
     if not len(strides) == len(num_blocks) == len(filters) == len(block_types):
       raise ValueError("KMaXPixelDecoder: strides, num_blocks, filters and block_types "
@@ -84,7 +102,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
         raise ValueError(f"KMaXPixelDecoder: unknown block type {t!r} at stride {s}; "
                          "supported: 'bottleneck', 'axial'.")
       self._fuses.append(None if i == 0 else
-                         ResizedFuse(f * expansion, 2, activation, name=f"fuse_s{s}"))
+                         ResizedFuse(f * expansion if fuse_expanded else f, 2, activation,
+                                     name=f"fuse_s{s}"))
       if t == "axial":
         self._stages.append([
             ResidualBlock((2 * f, 2 * f, f * expansion), "axial", key_dim=f,
@@ -94,6 +113,7 @@ class KMaXPixelDecoder(keras.layers.Layer):
       else:
         self._stages.append([
             conv.BottleneckBlock(f, expansion, activation, drop_path_rate,
+                                 dilation_rate=bottleneck_dilation,
                                  name=f"stage_s{s}_block{j}") for j in range(n)])
     self._coord_convs = [CoordConv(name=f"coord_conv_s{s}") if coord_conv else None
                          for s in strides]

@@ -19,13 +19,18 @@ from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock
 from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import (
     MEMORY, DualPathConfig, block_widths)
 
+# Output key of the feature kept apart for the semantic head (``semantic_stage``);
+# bind ``SemanticHead.input_key`` to it.
+SEMANTIC_FEATURE = "semantic_feature"
+
 
 def resize_align_corners(x: tf.Tensor, size) -> tf.Tensor:
   """Bilinear resize with aligned corners (deeplab2's choice; exact for 2^k n + 1)."""
   if tuple(x.shape[1:3]) == tuple(size):
     return x
-  return tf.raw_ops.ResizeBilinear(images=x, size=list(size), align_corners=True,
-                                  half_pixel_centers=False)
+  # ResizeBilinear returns float32; mixed precision needs the input's type back.
+  return tf.cast(tf.raw_ops.ResizeBilinear(images=x, size=list(size), align_corners=True,
+                                          half_pixel_centers=False), x.dtype)
 
 
 class MaXResizedFuse(keras.layers.Layer):
@@ -75,7 +80,8 @@ class MaXPixelDecoder(keras.layers.Layer):
 
   Input: encoder endpoints ``{"stride<s>": ..., MEMORY: [batch, N, c]}``.
   Output: ``{"stride<s>": [batch, H/s, W/s, c_s]}`` with the last (non-activated)
-  output at each stride, and ``MEMORY`` updated by the stages' dual-path layers.
+  output at each stride, ``MEMORY`` updated by the stages' dual-path layers, and
+  ``SEMANTIC_FEATURE`` (the output of stage ``semantic_stage``) when that is set.
 
   Args:
     strides: stride of each stage, in order.
@@ -89,6 +95,9 @@ class MaXPixelDecoder(keras.layers.Layer):
     dual_path: widths of the dual-path layers (must match the encoder's memory).
     drop_path_rates: drop path per stage.
     activation: activation function.
+    semantic_stage: index of the stage whose output is also returned as
+      ``SEMANTIC_FEATURE`` (MaX-DeepLab-L: the first extra-decoder stride-4 stage,
+      deeplab2's ``feature_semantic``, kept apart from the panoptic feature).
   """
 
   def __init__(self, strides: Sequence[int] = (16, 8, 4),
@@ -100,9 +109,13 @@ class MaXPixelDecoder(keras.layers.Layer):
                axial_key_expansion: float = 1.0, axial_value_expansion: float = 2.0,
                dual_path: Optional[DualPathConfig] = None,
                drop_path_rates: Optional[Sequence[float]] = None,
-               activation: str = "relu", **kwargs):
+               activation: str = "relu", semantic_stage: Optional[int] = None, **kwargs):
     super().__init__(**kwargs)
     n = len(strides)
+    if semantic_stage is not None and not 0 <= semantic_stage < n:
+      raise ValueError(f"MaXPixelDecoder.semantic_stage={semantic_stage} is not a stage "
+                       f"index (0..{n - 1}).")
+    self.semantic_stage = semantic_stage
     drop_path_rates = drop_path_rates or (0.0,) * n
     if not all(len(a) == n for a in (num_blocks, filters, block_kinds, transformer,
                                       drop_path_rates)):
@@ -133,7 +146,7 @@ class MaXPixelDecoder(keras.layers.Layer):
     memory = endpoints.get(MEMORY)
     x = endpoints[f"stride{max(produced)}"]
     outputs = {}
-    for s, fuse, blocks in self._stages:
+    for index, (s, fuse, blocks) in enumerate(self._stages):
       if s not in produced:
         raise ValueError(f"MaXPixelDecoder stage at stride {s} has no encoder endpoint "
                          f"'stride{s}' to size it; the encoder gives {sorted(endpoints)}.")
@@ -150,6 +163,8 @@ class MaXPixelDecoder(keras.layers.Layer):
           x, memory = dpt((x, memory), training=training)
       produced[s].append(x)
       outputs[f"stride{s}"] = x
+      if index == self.semantic_stage:
+        outputs[SEMANTIC_FEATURE] = x
     if memory is not None:
       outputs[MEMORY] = memory
     return outputs

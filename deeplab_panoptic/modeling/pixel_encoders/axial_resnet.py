@@ -127,6 +127,17 @@ class AxialResNet(keras.layers.Layer):
     drop_path_keep_prob, drop_path_schedule, drop_path_beyond_stride: see
       ``drop_path_rate_at``.
     activation: activation function.
+    stem_kernel_size: kernel of the stem convs (MaX-S: 3; deeplab2's ResNet-50 of
+      kMaX: one 7x7 conv, no max-pool).
+    learn_memory: whether the encoder owns the learned initial memory; None: only
+      when it has dual-path layers (CMT-DeepLab: True, its transformer layers all
+      follow the encoder; the second network of an RFN: False, it continues the
+      first network's memory).
+
+  ``call`` also takes ``feedback`` (``{"stride<s>": [batch, H/s, W/s, c]}``, added
+  to the output of the last block at that stride: the RFN connection) and
+  ``initial_memory`` (used instead of the learned memory and passed through when
+  the encoder has no dual-path layers); both default to None (no change).
   """
 
   def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3),
@@ -140,11 +151,12 @@ class AxialResNet(keras.layers.Layer):
                dual_path: Optional[DualPathConfig] = None,
                stage_dual_paths: Optional[Sequence[Optional[DualPathConfig]]] = None,
                drop_path_keep_prob: float = 1.0, drop_path_schedule: str = "linear",
-               drop_path_beyond_stride: int = 16, activation: str = "relu", **kwargs):
+               drop_path_beyond_stride: int = 16, activation: str = "relu",
+               learn_memory: Optional[bool] = None, stem_kernel_size: int = 3, **kwargs):
     super().__init__(**kwargs)
     self._act = conv.get_activation(activation)
     last = len(stem_filters) - 1
-    self._stem = [conv.ConvBN(f, 3, 2 if i == 0 else 1, None if i == last else activation,
+    self._stem = [conv.ConvBN(f, stem_kernel_size, 2 if i == 0 else 1, None if i == last else activation,
                               name=f"stem_conv{i + 1}") for i, f in enumerate(stem_filters)]
     self.dual_path = dual_path if dual_path is not None else DualPathConfig()
     stage_strides = tuple(stage_strides or (2,) * len(num_blocks))
@@ -183,23 +195,27 @@ class AxialResNet(keras.layers.Layer):
           any_transformer = True
         self._blocks.append((block, dpt, actual))
     self._memory = None
-    if any_transformer:
+    if (any_transformer if learn_memory is None else learn_memory):
       self._memory = self.add_weight(
           "memory", shape=[1, self.dual_path.num_memory, self.dual_path.memory_dim],
           initializer=keras.initializers.TruncatedNormal(stddev=1.0))
 
-  def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
+  def call(self, images: tf.Tensor, training=None, feedback=None,
+           initial_memory=None) -> Dict[str, tf.Tensor]:
     x = images
     for layer in self._stem:
       x = layer(x, training=training)
     outputs = {"stride2": x}
-    memory = None
-    if self._memory is not None:
+    memory = initial_memory
+    if memory is None and self._memory is not None:
       memory = tf.tile(self._memory, [tf.shape(images)[0], 1, 1])
-    for block, dpt, stride in self._blocks:
+    last_at_stride = {stride: i for i, (_, _, stride) in enumerate(self._blocks)}
+    for i, (block, dpt, stride) in enumerate(self._blocks):
       x = block(x, training=training)
       if dpt is not None:
         x, memory = dpt((x, memory), training=training)
+      if feedback and last_at_stride[stride] == i and f"stride{stride}" in feedback:
+        x = x + feedback[f"stride{stride}"]
       outputs[f"stride{stride}"] = x
     if memory is not None:
       outputs[MEMORY] = memory

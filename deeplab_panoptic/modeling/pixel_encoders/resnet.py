@@ -24,12 +24,22 @@ class ResNetEncoder(keras.layers.Layer):
     activation: activation of the blocks.
     use_sync_bn: synchronized batch norm across replicas.
     norm_momentum: batch-norm momentum (Keras convention).
+    frozen_stages: 0 trains everything; k >= 1 freezes the stem and the first k
+      residual stages (mmdet's ``frozen_stages``; Panoptic SegFormer and
+      Deformable DETR freeze the stem and stage 1). Frozen layers are
+      non-trainable, so they leave ``trainable_variables`` (the optimizer never
+      sees them) and their batch norms run on the moving statistics.
+    freeze_batch_norm: every batch norm of the backbone is frozen (mmdet's
+      ``norm_cfg.requires_grad=False`` + ``norm_eval=True``, torchvision's
+      FrozenBatchNorm2d): gamma/beta are not trained and the moving statistics
+      are used and never updated, in training too.
   """
 
   def __init__(self, model_id: int = 50, depth_multiplier: float = 1.0,
                stem_type: str = "v0", init_stochastic_depth_rate: float = 0.0,
                activation: str = "relu", use_sync_bn: bool = False,
-               norm_momentum: float = 0.99, **kwargs):
+               norm_momentum: float = 0.99, frozen_stages: int = 0,
+               freeze_batch_norm: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._backbone = mg_resnet.ResNet(
         model_id=model_id,
@@ -39,9 +49,24 @@ class ResNetEncoder(keras.layers.Layer):
         init_stochastic_depth_rate=init_stochastic_depth_rate,
         activation=activation,
         use_sync_bn=use_sync_bn,
-        norm_momentum=norm_momentum)
+        norm_momentum=norm_momentum,
+        # A non-trainable Keras BatchNormalization normalises with its moving
+        # statistics and leaves them unchanged, even when called with training=True.
+        bn_trainable=not freeze_batch_norm)
     specs = self._backbone.output_specs
     self.output_channels = {f"stride{2 ** int(k)}": int(v[-1]) for k, v in specs.items()}
+    num_stages = len(specs)
+    if not 0 <= frozen_stages <= num_stages:
+      raise ValueError(f"ResNetEncoder.frozen_stages must be in [0, {num_stages}], "
+                       f"got {frozen_stages}.")
+    if frozen_stages:
+      # The functional model lists its layers in topological order: the stem,
+      # then each stage's blocks up to the stage's 'block_group_l<k+1>' marker.
+      last = f"block_group_l{frozen_stages + 1}"
+      for layer in self._backbone.layers:
+        layer.trainable = False
+        if layer.name == last:
+          break
 
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
     features = self._backbone(images, training=training)

@@ -3,11 +3,17 @@
 * Location decoder: N learned queries (a 2 x dim embedding split into positional
   part and target, as Deformable DETR) go through Deformable DETR decoder layers
   (self-attention -> deformable cross-attention over all encoder levels -> FFN,
-  post-norm). Reference points are ``sigmoid(Linear(query_pos))``. During
-  training only, an MLP head predicts each query's mask centre and scale
-  (common.PRED_LOCATION_CENTER / PRED_LOCATION_SCALE) for L_loc.
-* Mask decoder: layers of full multi-head cross-attention (no self-attention)
-  from the location-aware queries to the encoder tokens of strides 8/16/32, each
+  post-norm). Reference points are ``sigmoid(Linear(query_pos))``. An MLP head
+  predicts each query's mask centre and scale (common.PRED_LOCATION_CENTER /
+  PRED_LOCATION_SCALE) for L_loc: one head on the last layer, used in training
+  only; or, with ``location_refine`` (Deformable DETR's iterative box
+  refinement, "the location decoder learns the reference points"), one
+  unshared head per layer whose box (cx, cy, w, h) becomes the next layer's
+  (detached) reference, at inference too; the earlier layers' boxes are
+  supervised as AUX_LOCATIONS.
+* Mask decoder: layers of full multi-head cross-attention (optionally after a
+  self-attention over the queries: a DETR decoder layer) from the
+  location-aware queries to the encoder tokens of strides 8/16/32, each
   followed by an FFN, post-norm. Every layer predicts: class = one FC on the
   refined queries; mask = the layer's attention logits A (the scaled q.k^T, before
   softmax) split per level, upsampled to stride 8 and fused over levels x heads by
@@ -89,30 +95,61 @@ class LocationDecoderLayer(keras.layers.Layer):
 
 
 class MaskDecoderLayer(keras.layers.Layer):
-  """Full cross-attention + FFN (GELU), post-norm; returns the attention logits."""
+  """[Self-attention +] full cross-attention + FFN (GELU), post-norm.
 
-  def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, **kwargs):
+  With ``self_attention`` it is a DETR decoder layer (self-attention over the
+  queries, cross-attention to the memory, FFN); without, the released code's
+  thing mask decoder layer. Returns the refined queries ``[batch, N, dim]`` and
+  the cross-attention logits ``[batch, heads, N, S]``.
+  """
+
+  def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float,
+               self_attention: bool = False, **kwargs):
     super().__init__(**kwargs)
+    self._self_attn = (MultiHeadAttention(dim, num_heads, dropout, name="self_attn")
+                       if self_attention else None)
+    if self_attention:
+      self._norm0 = keras.layers.LayerNormalization(epsilon=1e-6, name="norm0")
     self._cross_attn = MultiHeadAttention(dim, num_heads, dropout, name="cross_attn")
     self._norm1 = keras.layers.LayerNormalization(epsilon=1e-6, name="norm1")
     self._ffn = FeedForward(dim, ffn_dim, dropout, activation="gelu", name="ffn")
     self._norm2 = keras.layers.LayerNormalization(epsilon=1e-6, name="norm2")
 
   def call(self, tgt, query_pos, memory, memory_pos, training=None):
+    if self._self_attn is not None:
+      q = tgt + query_pos
+      attended, _ = self._self_attn(q, q, tgt, training=training)
+      tgt = self._norm0(tgt + attended)
     attended, logits = self._cross_attn(tgt + query_pos, memory + memory_pos, memory,
                                         training=training)
     tgt = self._norm1(tgt + attended)
     return self._norm2(tgt + self._ffn(tgt, training=training)), logits
 
 
+AUX_LOCATIONS = "aux_locations"
+"""Training output: list of {PRED_LOCATION_CENTER, PRED_LOCATION_SCALE} dicts of
+the earlier location-decoder layers (``location_refine`` only)."""
+
+
+def inverse_sigmoid(x: tf.Tensor, eps: float = 1e-5) -> tf.Tensor:
+  """logit(x) with x clipped to [0, 1] and both sides floored at eps."""
+  x = tf.clip_by_value(x, 0.0, 1.0)
+  return tf.math.log(tf.maximum(x, eps) / tf.maximum(1.0 - x, eps))
+
+
 class MLP(keras.layers.Layer):
   """``num_layers`` dense layers, ReLU between them."""
 
-  def __init__(self, hidden_dim: int, output_dim: int, num_layers: int, **kwargs):
+  def __init__(self, hidden_dim: int, output_dim: int, num_layers: int,
+               last_bias_init: keras.initializers.Initializer = "zeros",
+               last_kernel_init: keras.initializers.Initializer = "glorot_uniform",
+               **kwargs):
     super().__init__(**kwargs)
     self._layers = [keras.layers.Dense(hidden_dim, activation="relu", name=f"fc{i}")
                     for i in range(num_layers - 1)]
-    self._layers.append(keras.layers.Dense(output_dim, name=f"fc{num_layers - 1}"))
+    self._layers.append(keras.layers.Dense(output_dim, kernel_initializer=last_kernel_init,
+                                           bias_initializer=last_bias_init,
+                                           name=f"fc{num_layers - 1}"))
 
   def call(self, x):
     for layer in self._layers:
@@ -133,7 +170,8 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
   read the first num_classes), PRED_MASK_LOGITS ``[batch, H/8, W/8, N]``,
   AUX_OUTPUTS (the earlier mask-decoder layers' predictions) and, when training,
   PRED_LOCATION_CENTER ``[batch, N, 2]`` (y, x) and PRED_LOCATION_SCALE
-  ``[batch, N, location_scale_dim]``, both in [0, 1].
+  ``[batch, N, location_scale_dim]``, both in [0, 1] (with ``location_refine``
+  also AUX_LOCATIONS, the same pair for each earlier location-decoder layer).
 
   Args:
     num_classes: semantic classes (without void).
@@ -151,8 +189,15 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
     mask_ffn_dim: mask-decoder FFN width (1024).
     dropout: dropout in the location decoder (0.1).
     mask_dropout: dropout in the mask decoder (0, the released code).
+    mask_self_attention: self-attention over the queries in every mask-decoder
+      layer (a DETR decoder layer; the paper's parameter count needs it, see
+      docs/models/panoptic_segformer.md); False: the released code's thing
+      mask decoder (cross-attention + FFN only).
     location_scale_dim: 2 (box height, width) or 1 (area); match
       PanopticSegFormerLoss.scale_target.
+    location_refine: iterative box refinement: one location head per
+      location-decoder layer, each refining the reference box of the next layer
+      (needs location_scale_dim = 2). The heads are then inference layers.
     class_prior_probability: initial sigmoid probability of every class (0.01).
   """
 
@@ -164,7 +209,8 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
                num_heads: int = 8, num_points: int = 4, num_location_layers: int = 6,
                num_mask_layers: int = 4, ffn_dim: int = 1024, mask_ffn_dim: int = 1024,
                dropout: float = 0.1, mask_dropout: float = 0.0,
-               location_scale_dim: int = 2, class_prior_probability: float = 0.01,
+               mask_self_attention: bool = False, location_scale_dim: int = 2,
+               location_refine: bool = False, class_prior_probability: float = 0.01,
                **kwargs):
     super().__init__(**kwargs)
     if num_mask_layers < 1:
@@ -183,9 +229,21 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
         LocationDecoderLayer(hidden_dim, num_heads, len(self.location_strides), num_points,
                              ffn_dim, dropout, name=f"location_layer{i}")
         for i in range(num_location_layers)]
-    self._location_head = MLP(hidden_dim, 2 + location_scale_dim, 3, name="location_head")
+    if location_refine and location_scale_dim != 2:
+      raise ValueError("PanopticSegFormerDecoder.location_refine needs location_scale_dim = 2 "
+                       f"(boxes), got {location_scale_dim}.")
+    self._location_refine = location_refine
+    if location_refine:
+      # Deformable DETR's box-head init: zero deltas, sizes start at sigmoid(-2).
+      self._location_heads = [
+          MLP(hidden_dim, 4, 3, last_kernel_init="zeros",
+              last_bias_init=keras.initializers.Constant([0.0, 0.0, -2.0, -2.0]),
+              name=f"location_head{i}")
+          for i in range(num_location_layers)]
+    else:
+      self._location_head = MLP(hidden_dim, 2 + location_scale_dim, 3, name="location_head")
     self._mask_layers = [MaskDecoderLayer(hidden_dim, num_heads, mask_ffn_dim, mask_dropout,
-                                          name=f"mask_layer{i}")
+                                          mask_self_attention, name=f"mask_layer{i}")
                          for i in range(num_mask_layers)]
     prior = -math.log((1.0 - class_prior_probability) / class_prior_probability)
     self._class = keras.layers.Dense(num_classes + 1,
@@ -196,8 +254,9 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
 
   @property
   def training_only_layers(self) -> List[keras.layers.Layer]:
-    """The centre/scale head: supervised by L_loc, dropped at inference."""
-    return [self._location_head]
+    """The centre/scale head: supervised by L_loc, dropped at inference (with
+    location_refine the heads place the reference boxes, so none)."""
+    return [] if self._location_refine else [self._location_head]
 
   def _levels(self, features: Dict[str, tf.Tensor], strides: Sequence[int]):
     missing = [f"stride{s}" for s in strides if f"stride{s}" not in features]
@@ -232,9 +291,19 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
     queries = tf.tile(self._queries[tf.newaxis], [batch, 1, 1])
     query_pos, tgt = tf.split(queries, 2, axis=-1)
     reference = tf.sigmoid(self._reference(query_pos))          # [B, N, 2] (x, y)
-    reference_levels = tf.tile(reference[:, :, tf.newaxis], [1, 1, len(shapes), 1])
-    for layer in self._location_layers:
+    boxes = []
+    for i, layer in enumerate(self._location_layers):
+      reference_levels = tf.tile(reference[:, :, tf.newaxis], [1, 1, len(shapes), 1])
       tgt = layer(tgt, query_pos, reference_levels, memory, shapes, training=training)
+      if self._location_refine:
+        delta = self._location_heads[i](tgt)                       # [B, N, 4]
+        # A 2-d reference refines the centre; the size starts from the delta.
+        prior = inverse_sigmoid(reference)
+        if prior.shape[-1] == 2:
+          prior = tf.pad(prior, [[0, 0], [0, 0], [0, 2]])
+        boxes.append(tf.sigmoid(delta + prior))                    # (cx, cy, w, h)
+        # Detached, as Deformable DETR: each layer's box is supervised on its own.
+        reference = tf.stop_gradient(boxes[-1])
     location_queries = tgt
 
     mask_memory, mask_shapes = self._levels(features, self.mask_strides)
@@ -246,7 +315,15 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
     outputs = dict(predictions[-1])
     outputs[common.AUX_OUTPUTS] = predictions[:-1]
     if training:
-      location = tf.sigmoid(self._location_head(location_queries))
-      outputs[common.PRED_LOCATION_CENTER] = location[..., :2]
-      outputs[common.PRED_LOCATION_SCALE] = location[..., 2:]
+      if self._location_refine:
+        # (cx, cy, w, h) -> centre (y, x) and scale (h, w), the loss's order.
+        locations = [{common.PRED_LOCATION_CENTER: tf.gather(box, [1, 0], axis=-1),
+                      common.PRED_LOCATION_SCALE: tf.gather(box, [3, 2], axis=-1)}
+                     for box in boxes]
+        outputs.update(locations[-1])
+        outputs[AUX_LOCATIONS] = locations[:-1]
+      else:
+        location = tf.sigmoid(self._location_head(location_queries))
+        outputs[common.PRED_LOCATION_CENTER] = location[..., :2]
+        outputs[common.PRED_LOCATION_SCALE] = location[..., 2:]
     return outputs
