@@ -50,6 +50,9 @@ def _variant_bindings(variant: str) -> List[str]:
       bindings.append(f"ExperimentConfig.mixed_precision = {value!r}")
     elif token == "recompute":
       bindings.append(f"MaskTransformer.recompute = {_ALL_PARTS}")
+      # Drop path inside a recomputed part must replay its masks, which needs the
+      # seeded (stateful) generators.
+      bindings.append("ExperimentConfig.seed = 0")
     else:
       raise ValueError(f"unknown variant token {token!r} in {variant!r}")
   return bindings

@@ -77,29 +77,8 @@ def test_drop_path_schedule_matches_deeplab2():
     drop_path_rate_at(32, 0.8, "cosine", 16)
 
 
-@pytest.mark.slow
-def test_train_step_compiles_with_xla():
-  # One block per stage and no semantic head keep the XLA compile short; the
-  # encoder still has axial + dual-path blocks (stage 5) and so does the decoder.
-  model = _tiny_model(num_blocks=(1, 1, 1, 1), semantic=False)
-  images = tf.random.uniform([2, 33, 33, 3], -1, 1)
-  model(images, training=True)
-  variables = model.trainable_variables
-
-  @tf.function(jit_compile=True)
-  def step(images):
-    with tf.GradientTape() as tape:
-      out = model(images, training=True)
-      loss = (tf.reduce_mean(tf.square(out[common.PRED_MASK_LOGITS])) +
-              tf.reduce_mean(tf.square(out[common.PRED_CLASS_LOGITS])))
-    return loss, tape.gradient(loss, variables)
-
-  loss, grads = step(images)
-  assert np.isfinite(loss.numpy())
-  # The learned memory gets a gradient through the dual-path layers.
-  memory_grad = [g for v, g in zip(variables, grads) if "memory" in v.name
-                 and len(v.shape) == 3]
-  assert memory_grad and float(tf.reduce_sum(tf.abs(memory_grad[0]))) > 0
+# The XLA train step of the MaX model with its real loss is in
+# tests/losses/test_train_step.py (test_max_deeplab_quickstart_train_step_compiles_with_xla).
 
 
 def test_memory_head_needs_memory():

@@ -9,8 +9,8 @@ process (started alongside) trained on the whole batches. Then a float16 model
 with the dynamic loss scale takes a finite step (equal on both workers and to
 the one-process run) and a step whose scaled gradient overflows on one worker
 only: both workers (and the one-process run) skip it. Marked slow: three
-TensorFlow start-ups and a gRPC cluster (188 s on the 2 shared cores at load
-average 15-19, other engineers' jobs running).
+TensorFlow start-ups and a gRPC cluster: 80 s on the 2 shared cores at load
+average 6-8 (other engineers' jobs running).
 """
 
 import json

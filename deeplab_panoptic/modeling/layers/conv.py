@@ -84,6 +84,7 @@ class ConvBN(keras.layers.Layer):
     return self._act(x)
 
 
+@gin.configurable(allowlist=["activated_shortcut"])
 class BottleneckBlock(keras.layers.Layer):
   """Residual bottleneck block: 1x1 -> 3x3 -> 1x1 (x expansion), no final activation.
 

@@ -105,7 +105,8 @@ class KMaXTransformerLayer(keras.layers.Layer):
   def __init__(self, center_dim: int, bottleneck_dim: int, num_heads: int,
                key_dim: int, value_dim: int, ffn_dim: int, predictor: keras.layers.Layer,
                activation: str = "gelu", drop_path_rate: float = 0.0,
-               semantic_head: Optional[keras.layers.Layer] = None, **kwargs):
+               semantic_head: Optional[keras.layers.Layer] = None,
+               similarity_batch_norm: bool = True, **kwargs):
     super().__init__(**kwargs)
     # Training-only (ReMaX); its owner lists it in `training_only_layers`.
     self.semantic_head = semantic_head
@@ -118,8 +119,9 @@ class KMaXTransformerLayer(keras.layers.Layer):
     self._update_bn = conv.batch_norm(name="kmeans_update_bn")
     self._update_out = keras.layers.Dense(center_dim, use_bias=False, name="kmeans_out")
     self._update_out_bn = conv.batch_norm(gamma_zero=True, name="kmeans_out_bn")
-    self._self_attention = MultiHeadSelfAttention(num_heads, key_dim, value_dim, activation,
-                                                  name="self_attention")
+    self._self_attention = MultiHeadSelfAttention(
+        num_heads, key_dim, value_dim, activation,
+        similarity_batch_norm=similarity_batch_norm, name="self_attention")
     self._attn_out = keras.layers.Dense(center_dim, use_bias=False, name="attention_out")
     self._attn_out_bn = conv.batch_norm(gamma_zero=True, name="attention_out_bn")
     self._ffn_in = keras.layers.Dense(ffn_dim, use_bias=False, name="ffn_in")

@@ -42,6 +42,8 @@ class KMaXTransformerDecoder(keras.layers.Layer):
       number of layers; bind MaskTransformerLoss.remask_num_stages to the same
       value.
     remax_head_factory: builds each ReMaX semantic head (called with ``name``).
+    similarity_batch_norm: self-attention logits get a per-head batch norm
+      (deeplab2) instead of the 1/sqrt(depth) scale.
   """
 
   def __init__(self, num_centers: int = 128, strides: Sequence[int] = (32, 16, 8),
@@ -51,7 +53,7 @@ class KMaXTransformerDecoder(keras.layers.Layer):
                predictor_factory: Callable[..., keras.layers.Layer] = MaskTransformerPredictor,
                remax_num_stages: int = 0,
                remax_head_factory: Callable[..., keras.layers.Layer] = ReMaXSemanticHead,
-               **kwargs):
+               similarity_batch_norm: bool = True, **kwargs):
     super().__init__(**kwargs)
     if len(strides) != len(num_blocks):
       raise ValueError(f"KMaXTransformerDecoder: strides {strides} and num_blocks "
@@ -79,7 +81,8 @@ class KMaXTransformerDecoder(keras.layers.Layer):
             center_dim, bottleneck_dim, num_heads, key_dim, bottleneck_dim, ffn_dim,
             predictor=predictor_factory(name=f"aux_predictor_s{s}_{j}"),
             activation=activation, drop_path_rate=drop_path_rate,
-            semantic_head=semantic_head, name=f"kmax_layer_s{s}_{j}")
+            semantic_head=semantic_head, similarity_batch_norm=similarity_batch_norm,
+            name=f"kmax_layer_s{s}_{j}")
         self._layers.append((f"stride{s}", layer))
     self._class_embedding = keras.layers.Dense(center_dim, use_bias=False,
                                                name="class_embedding")
