@@ -21,11 +21,15 @@ _SCRIPT = """
 import sys
 import numpy as np
 import tensorflow as tf
+import tf_keras
 sys.path.insert(0, {repo!r})
 from deeplab_panoptic import common, main as main_lib
 from deeplab_panoptic.export import saved_model, tflite
 from deeplab_panoptic.training import experiment
 main_lib.parse_gin([{gin_file!r}], {params!r})
+# Fixed initial weights: with some draws an untrained model puts every pixel in one
+# or two slots, and the comparison would test nothing.
+tf_keras.utils.set_random_seed(0)
 exp = experiment.Experiment({model_dir!r}, "export")
 module = saved_model.PanopticExportModule(exp.model, exp.postprocessor, dataset_info=exp.info)
 path = tflite.export_tflite(module, {path!r})
