@@ -107,3 +107,25 @@ def test_layer_shapes_init_and_xla():
   bias = msda._offset_bias_init(2, 2, 2).reshape(2, 2, 2, 2)
   np.testing.assert_allclose(bias[0, 0], [[1, 0], [2, 0]], atol=1e-6)
   np.testing.assert_allclose(bias[1, 1], [[-1, 0], [-2, 0]], atol=1e-6)
+
+
+def test_bfloat16_values_sample_the_same_pixels_on_a_large_map():
+  # A 40x50 level has flat indices up to 1999: bfloat16 holds integers exactly only
+  # up to 256, so addresses must be computed in float32 whatever the compute dtype.
+  rng = np.random.default_rng(3)
+  shapes = [(40, 50)]
+  value = rng.integers(-4, 5, size=(1, 2000, 1, 2)).astype(np.float32)  # exact in bf16
+  locations = rng.uniform(0.0, 1.0, size=(1, 5, 1, 1, 2, 2)).astype(np.float32)
+  weights = np.ones((1, 5, 1, 1, 2), np.float32)
+  reference = _numpy_sampling(value, shapes, locations, weights)
+  got = msda.multi_scale_deformable_sampling(
+      tf.constant(value, tf.bfloat16), shapes, tf.constant(locations, tf.bfloat16),
+      tf.constant(weights, tf.bfloat16))
+  assert got.dtype == tf.bfloat16
+  # Only the inputs' own rounding to bfloat16 (locations, ~1/256 relative) and the
+  # output's remain: each sample moves by well under one pixel's value step.
+  located = _numpy_sampling(value, shapes,
+                            tf.cast(tf.constant(locations, tf.bfloat16), tf.float32).numpy(),
+                            weights)
+  np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), located, rtol=1e-2, atol=5e-2)
+  assert np.abs(located - reference).max() < 1.0

@@ -231,3 +231,19 @@ def test_fpn_level_wiring():
   up = tf.image.resize(outs[1]["stride8"], (8, 8), method="bilinear")
   want = tf.nn.relu(norm(conv(lateral_norm(lateral(endpoints["stride4"])) + up)))
   np.testing.assert_allclose(outs[1]["stride4"].numpy(), want.numpy(), atol=1e-5)
+
+
+def test_mixed_bfloat16_forward_keeps_geometry_in_float32():
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = _model(paper_decoder=True)
+    images = tf.random.uniform([1, 64, 64, 3], seed=0)
+    outputs = model(images, training=True)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert outputs[common.PRED_MASK_LOGITS].dtype == tf.bfloat16
+  assert outputs[common.PRED_MASK_LOGITS].shape == (1, 8, 8, QUERIES)
+  # Boxes address pixels: float32 even in a bfloat16 model.
+  assert outputs[common.PRED_LOCATION_CENTER].dtype == tf.float32
+  for key in (common.PRED_CLASS_LOGITS, common.PRED_MASK_LOGITS):
+    assert np.isfinite(tf.cast(outputs[key], tf.float32).numpy()).all()

@@ -52,9 +52,12 @@ def multi_scale_deformable_sampling(value: tf.Tensor, spatial_shapes: SpatialSha
     raise ValueError(f"value has {value.shape[1]} tokens; spatial_shapes {spatial_shapes} "
                      f"give {sum(h * w for h, w in spatial_shapes)}.")
   dtype = value.dtype
+  # Addresses and bilinear weights in float32 at least: bfloat16 holds integers
+  # exactly only up to 256, so a flat index y * w + x would point at wrong pixels.
+  geometry = _geometry_dtype(dtype)
   # [B, heads, Q, levels, points, 2]: heads next to batch so gathers use batch_dims=2.
-  locations = tf.transpose(tf.cast(sampling_locations, dtype), [0, 2, 1, 3, 4, 5])
-  weights = tf.transpose(tf.cast(attention_weights, dtype), [0, 2, 1, 3, 4])
+  locations = tf.transpose(tf.cast(sampling_locations, geometry), [0, 2, 1, 3, 4, 5])
+  weights = tf.transpose(tf.cast(attention_weights, geometry), [0, 2, 1, 3, 4])
   samples, sample_weights = [], []
   start = 0
   for level, (height, width) in enumerate(spatial_shapes):
@@ -78,7 +81,7 @@ def multi_scale_deformable_sampling(value: tf.Tensor, spatial_shapes: SpatialSha
         index = (tf.clip_by_value(yi, 0.0, height - 1.0) * width +
                  tf.clip_by_value(xi, 0.0, width - 1.0))
         corner_index.append(tf.cast(index, tf.int32))
-        corner_weight.append(wy * wx * tf.cast(inside, dtype))
+        corner_weight.append(wy * wx * tf.cast(inside, geometry))
     index = tf.stack(corner_index, axis=-1)                     # [B, heads, Q, P, 4]
     bilinear = tf.stack(corner_weight, axis=-1)
     gathered = tf.gather(level_value,
@@ -86,12 +89,18 @@ def multi_scale_deformable_sampling(value: tf.Tensor, spatial_shapes: SpatialSha
                          batch_dims=2)                          # [B, heads, Q*P*4, D]
     samples.append(tf.reshape(gathered,
                               [-1, num_heads, num_queries, num_points * 4, head_dim]))
-    sample_weights.append(tf.reshape(bilinear * weights[:, :, :, level, :, tf.newaxis],
-                                     [-1, num_heads, num_queries, num_points * 4]))
+    sample_weights.append(tf.cast(
+        tf.reshape(bilinear * weights[:, :, :, level, :, tf.newaxis],
+                   [-1, num_heads, num_queries, num_points * 4]), dtype))
   samples = tf.concat(samples, axis=3)                          # [B, heads, Q, K, D]
   sample_weights = tf.concat(sample_weights, axis=3)            # [B, heads, Q, K]
   output = tf.einsum("bmqkd,bmqk->bqmd", samples, sample_weights)
   return tf.reshape(output, [-1, num_queries, num_heads * head_dim])
+
+
+def _geometry_dtype(dtype: tf.DType) -> tf.DType:
+  """float32 for half-precision compute dtypes, else ``dtype`` (float32/float64)."""
+  return tf.float32 if dtype in (tf.bfloat16, tf.float16) else dtype
 
 
 def _offset_bias_init(num_heads: int, num_levels: int, num_points: int) -> np.ndarray:
@@ -162,8 +171,12 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
     if value_mask is not None:
       value = value * tf.cast(value_mask, value.dtype)[..., tf.newaxis]
     value = tf.reshape(value, [-1, value.shape[1], heads, self.dim // heads])
-    offsets = tf.reshape(self._offsets(query), [-1, num_queries, heads, levels, points, 2])
-    weights = tf.reshape(self._attention(query), [-1, num_queries, heads, levels * points])
+    # Sampling geometry in float32 under mixed precision (see multi_scale_deformable_sampling).
+    geometry = _geometry_dtype(query.dtype)
+    offsets = tf.reshape(tf.cast(self._offsets(query), geometry),
+                         [-1, num_queries, heads, levels, points, 2])
+    weights = tf.reshape(tf.cast(self._attention(query), geometry),
+                         [-1, num_queries, heads, levels * points])
     weights = tf.reshape(tf.nn.softmax(weights, axis=-1),
                          [-1, num_queries, heads, levels, points])
     # Offsets are in pixels of each level: divide by (w_l, h_l). Computed at rank 5

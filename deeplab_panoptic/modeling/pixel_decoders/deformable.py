@@ -164,7 +164,8 @@ class DeformableEncoder(keras.layers.Layer):
             else maps[-1]
       maps.append(norm(conv(x)))
     tokens, shapes = flatten_levels(maps)
-    pos = level_positional_encodings(shapes, self.hidden_dim)
+    # Sine encodings are made in float32; cast to the tokens' (possibly bfloat16) dtype.
+    pos = tf.cast(level_positional_encodings(shapes, self.hidden_dim), tokens.dtype)
     level_pos = tf.concat([tf.tile(self._level_embed[l:l + 1], [h * w, 1])
                            for l, (h, w) in enumerate(shapes)], axis=0)
     pos = (pos + level_pos)[tf.newaxis]
@@ -186,6 +187,7 @@ class DeformableEncoder(keras.layers.Layer):
                          f"{key!r}; it gives {sorted(endpoints)}.")
       x = lateral_norm(lateral(endpoints[key]))
       size = x.shape[1:3] if x.shape[1:3].is_fully_defined() else tf.shape(x)[1:3]
-      x += tf.image.resize(coarser, size, method="bilinear")
+      # tf.image.resize returns float32 whatever its input; keep the layer's dtype.
+      x += tf.cast(tf.image.resize(coarser, size, method="bilinear"), x.dtype)
       coarser = outputs[key] = tf.nn.relu(norm(conv(x)))
     return outputs

@@ -278,7 +278,7 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
       fused = tf.einsum("bmnp,m->bpn", level_logits, kernel[level])
       fused = tf.reshape(fused, [-1, h, w, self.num_queries])
       if (h, w) != size:
-        fused = tf.image.resize(fused, size, method="bilinear")
+        fused = tf.cast(tf.image.resize(fused, size, method="bilinear"), fused.dtype)
       masks += fused
     return {common.PRED_CLASS_LOGITS: self._class(tgt),
             common.PRED_MASK_LOGITS: masks + self._mask_fuse.bias}
@@ -290,7 +290,8 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
     batch = tf.shape(memory)[0]
     queries = tf.tile(self._queries[tf.newaxis], [batch, 1, 1])
     query_pos, tgt = tf.split(queries, 2, axis=-1)
-    reference = tf.sigmoid(self._reference(query_pos))          # [B, N, 2] (x, y)
+    # Reference points and boxes stay float32 under mixed precision: they address pixels.
+    reference = tf.sigmoid(tf.cast(self._reference(query_pos), tf.float32))  # [B, N, 2] (x, y)
     boxes = []
     for i, layer in enumerate(self._location_layers):
       reference_levels = tf.tile(reference[:, :, tf.newaxis], [1, 1, len(shapes), 1])
@@ -301,13 +302,14 @@ class PanopticSegFormerDecoder(keras.layers.Layer):
         prior = inverse_sigmoid(reference)
         if prior.shape[-1] == 2:
           prior = tf.pad(prior, [[0, 0], [0, 0], [0, 2]])
-        boxes.append(tf.sigmoid(delta + prior))                    # (cx, cy, w, h)
+        boxes.append(tf.sigmoid(tf.cast(delta, tf.float32) + prior))  # (cx, cy, w, h)
         # Detached, as Deformable DETR: each layer's box is supervised on its own.
         reference = tf.stop_gradient(boxes[-1])
     location_queries = tgt
 
     mask_memory, mask_shapes = self._levels(features, self.mask_strides)
-    memory_pos = level_positional_encodings(mask_shapes, self.hidden_dim)[tf.newaxis]
+    memory_pos = tf.cast(level_positional_encodings(mask_shapes, self.hidden_dim),
+                         mask_memory.dtype)[tf.newaxis]
     predictions = []
     for layer in self._mask_layers:
       tgt, logits = layer(tgt, query_pos, mask_memory, memory_pos, training=training)
