@@ -1,4 +1,4 @@
-r"""Imports a deeplab2 MaX-DeepLab-S or kMaX-DeepLab checkpoint into our model.
+r"""Imports a deeplab2 MaX-DeepLab-S/L or kMaX-DeepLab checkpoint into our model.
 
     python -m deeplab_panoptic.tools.import_deeplab2 \
       --gin_file=configs/datasets/coco.gin \
@@ -10,7 +10,7 @@ r"""Imports a deeplab2 MaX-DeepLab-S or kMaX-DeepLab checkpoint into our model.
 (run from the repository root, like main.py). The gin files configure our model
 exactly as the deeplab2 one (docs/deployment.md, "Importing deeplab2
 checkpoints": kMaX with deeplab2's ResNet-50, Axial-ResNet-50 or ConvNeXt, and
-MaX-DeepLab-S); the tool builds it on a dummy image of
+MaX-DeepLab-S and -L); the tool builds it on a dummy image of
 ``ExperimentConfig.eval_input_size``, reads the deeplab2 checkpoint with
 ``tf.train.load_checkpoint``, assigns every variable through the name table
 below, and writes our checkpoint to ``--output_dir`` (``ckpt-0``, the layout
@@ -29,11 +29,11 @@ bias (below).
 
 | deeplab2 | ours (MaskTransformer) |
 |---|---|
-| ``encoder/_stem`` | ``pixel_encoder._stem[0]`` (ResNet: one 7x7 ConvBN) |
+| ``encoder/_stem`` | ``pixel_encoder._stem[0]`` (ResNet: one 7x7 ConvBN; MaX-L's wide ResNet: one 3x3) |
 | ``encoder/_stem/_conv1_bn_act``, ``_conv2_bn_act``, ``_conv3_bn`` | ``pixel_encoder._stem[0..2]`` (Axial-ResNet: InceptionSTEM) |
 | ``encoder/downsample_layers/{i}/layer_with_weights-{k}`` | ConvNeXt ``pixel_encoder._downsamples[i]`` (conv + LN, or LN + conv) |
 | ``encoder/stages/{i}/layer_with_weights-{j}/{depthwise_conv,norm,pointwise_conv1,pointwise_conv2,layer_scale}`` | ConvNeXt block ``_stages[i][j]`` (``_dw`` kernel ``[7, 7, 1, d]`` -> ``[7, 7, d, 1]``, ``_norm``, ``_fc1``, ``_fc2``, ``_gamma``) |
-| ``encoder/_stage{k}/_block{j}/_conv{1,2,3}_bn[_act]``, ``_shortcut``, ``_attention/_{height,width}_axis/...`` | ``pixel_encoder`` block ``stage{k}_block{j}`` (``_first``, ``_middle``, ``_last``, ``_shortcut``) |
+| ``encoder/_stage{k}/_block{j}/_conv{1,2,3}_bn[_act]``, ``_shortcut``, ``_attention/_{height,width}_axis/...`` | ``pixel_encoder`` block ``stage{k}_block{j}`` (``_first``, ``_middle``, ``_last``, ``_shortcut``; basic blocks ``_conv1_bn_act``, ``_conv2_bn``; MaX-L has ``_stage1`` too) |
 | ``pixel_decoder/_backbone_norms/{i}`` | ``pixel_decoder._norms[i]`` (stride 32 first) |
 | ``pixel_decoder/_stages/{i}/_block{j}`` | ``pixel_decoder._stages[i][j-1]`` |
 | ``pixel_decoder/_skip_connections/{i}/_resized_conv_bn1`` / ``2`` | ``pixel_decoder._fuses[i+1]`` projection of the coarser feature / of the encoder skip |
@@ -42,7 +42,8 @@ bias (below).
 | ``transformer_decoder/_{class,mask}_embedding_projection`` | ``transformer_decoder._{class,mask}_embedding(+_bn)`` |
 | MaX: ``encoder/_stage{k}/_block{j}_transformer/...`` | the dual-path layer after block ``stage{k}_block{j}`` (same sub-layer names) |
 | MaX: ``encoder/memory_feature`` | ``pixel_encoder._memory`` |
-| MaX: ``encoder/_stage5_extra/_block{j}[_transformer]``, ``encoder/_decoder_stage{i}_extra/_block{j}``, ``encoder/_decoder_stage{i}_extra_resized_fuse/_resized_conv_bn{k}`` | ``pixel_decoder`` stage 0 (stride 16), stage ``i`` and its fusion's projection of input ``k-1`` (running feature first) |
+| MaX: ``encoder/{group}/_block{j}[_transformer]``, ``encoder/{group}_resized_fuse/_{resized,strided}_conv_bn{k}`` | ``pixel_decoder`` stage's block ``j`` (and dual-path layer) and its fusion's projection of input ``k-1`` (running feature first; ``strided``: 1x1 stride-2 conv of a 2x larger input) |
+| MaX decoder groups, in order: MaX-S ``_stage5_extra``, ``_decoder_stage{1,2}_extra``; MaX-L ``_decoder_stage{1..4}`` (backbone decoder), ``_decoder_stage4_extra``, ``_decoder_stage{5..10}_extra`` | ``pixel_decoder`` stages 0, 1, ... (the group without a fusion is our stage with ``fuse`` False; MaX-S's first stage may fuse the encoder output alone, an identity) |
 | MaX: ``encoder/_{class,mask}_feature_extra`` | ``transformer_decoder._class``, ``._mask`` (``MaXMemoryHead``) |
 | ``pixel_space_head/conv_block/_conv1_bn_act/_{depthwise,pointwise}``, ``pixel_space_head/final_conv``, ``pixel_space_feature_batch_norm``, ``transformer_mask_head``, ``transformer_class_head/_conv``, ``pixel_space_mask_batch_norm`` | ``predictor._pixel_conv``, ``._pixel_proj``, ``._pixel_bn``, ``._mask_kernel(+_bn)``, ``._class``, ``._mask_logit_bn`` |
 
@@ -207,18 +208,96 @@ def _dual_path(t: _Table, layer, prefix: str):
     t.bn(attention._bn_value, f"{prefix}/_{name}/_batch_norm_retrieved_value")  # pylint: disable=protected-access
 
 
-def _max_pixel_decoder(t: _Table, decoder):
-  """Our MaXPixelDecoder (MaX-DeepLab-S: strides 16, 8, 4) <- deeplab2's extra decoder."""
-  for i, (_, fuse, blocks) in enumerate(decoder._stages):  # pylint: disable=protected-access
-    name = "_stage5_extra" if i == 0 else f"_decoder_stage{i}_extra"
-    if i == 0:
-      if fuse._projections and any(p is not None for p in fuse._projections):  # pylint: disable=protected-access
-        raise NotImplementedError("import_deeplab2: deeplab2's extra stride-16 stage has no "
-                                  "fusion; this decoder projects there.")
+def _deeplab2_decoder_stages(backbone_stacks: int, extra_stacks: int, output_stride: int,
+                             high_resolution_stride: int) -> List[Tuple[int, str, Optional[str]]]:
+  """deeplab2's MaX decoder stages in call order: ``(stride, block group, fusion)``.
+
+  Follows ``AxialResNet.call_stacked_decoder``: the backbone decoder's stages
+  ``_decoder_stage{n}`` (fusion ``_decoder_stage{n}_resized_fuse``) until its
+  ``backbone_stacks``-th return to ``output_stride``; there the extra decoder
+  starts with a group that has no fusion (``_stage5_extra`` when there is no
+  backbone decoder, else ``_decoder_stage{n}_extra`` right after the backbone's
+  stage ``n``), then ``_decoder_stage{n}_extra`` with
+  ``_decoder_stage{n}_extra_resized_fuse`` down to ``high_resolution_stride``,
+  bouncing back to ``output_stride`` until ``backbone_stacks + extra_stacks``.
+  """
+  stages = []
+  backbone = backbone_stacks != 0
+  if not backbone:
+    stages.append((output_stride, "_stage5_extra", None))
+  total = backbone_stacks + extra_stacks
+  stack, stride, n, down = 0, output_stride, 0, True
+  while stack < total or stride > high_resolution_stride:
+    n += 1
+    stride = stride // 2 if down else stride * 2
+    if stride == output_stride:
+      stack += 1
+      down = True
+    if backbone:
+      stages.append((stride, f"_decoder_stage{n}", f"_decoder_stage{n}_resized_fuse"))
+      if stride == output_stride and stack == backbone_stacks:
+        backbone = False
+        stages.append((stride, f"_decoder_stage{n}_extra", None))
     else:
+      stages.append((stride, f"_decoder_stage{n}_extra",
+                     f"_decoder_stage{n}_extra_resized_fuse"))
+    if stride == high_resolution_stride:
+      down = False
+  return stages
+
+
+def _max_pixel_decoder(t: _Table, decoder):
+  """Our MaXPixelDecoder <- deeplab2's stacked decoder.
+
+  MaX-S: extra stages at strides 16, 8, 4; MaX-L: the backbone decoder 8, 4, 8,
+  16, then the extra hourglass 16, 8, 4, 8, 16, 8, 4. Our stages are matched to
+  deeplab2's block groups in call order; the stage of ours without a fusion
+  (``MaXPixelDecoder.fuse``) is deeplab2's first extra-decoder group. deeplab2's
+  projection of fusion input ``k`` is ``_strided_conv_bn{k+1}`` (1x1 stride-2
+  conv of a 2x larger input) or ``_resized_conv_bn{k+1}``.
+  """
+  stages = decoder._stages  # pylint: disable=protected-access
+  strides = [s for s, _, _ in stages]
+  continues = []
+  for i, (s, fuse, _) in enumerate(stages):
+    if fuse is None:
+      continues.append(True)
+    elif i == 0 and fuse._projections == [None]:  # pylint: disable=protected-access
+      # Fusing the encoder output alone is the identity: deeplab2's _stage5_extra, as
+      # long as no later stage fuses with the encoder output (ours keeps it, theirs not).
+      if strides[1:].count(s):
+        raise NotImplementedError(
+            "import_deeplab2: the first decoder stage fuses the stride-16 encoder output "
+            "and later stride-16 stages fuse again; deeplab2's _stage5_extra replaces "
+            "that output. Build ours with MaXPixelDecoder.fuse[0] = False.")
+      continues.append(True)
+    else:
+      continues.append(False)
+  if continues.count(True) != 1:
+    raise NotImplementedError(
+        "import_deeplab2: deeplab2's MaX decoder has exactly one stage without a fusion "
+        f"(the start of its extra decoder); ours has {continues.count(True)} "
+        f"(MaXPixelDecoder.fuse = {decoder.fuse}; MaX-L's second stride-16 stage has "
+        "none, configs/models/max_deeplab_l.gin).")
+  start = continues.index(True)
+  output_stride = strides[start]
+  backbone_stacks = strides[:start].count(output_stride)
+  extra_stacks = strides[start + 1:].count(output_stride)
+  expected = _deeplab2_decoder_stages(backbone_stacks, extra_stacks, output_stride,
+                                      min(strides))
+  ours = list(zip(strides, continues))
+  theirs = [(s, fuse_name is None) for s, _, fuse_name in expected]
+  if ours != theirs:
+    raise NotImplementedError(
+        "import_deeplab2: our decoder's (stride, no fusion) stages "
+        f"{ours} are not deeplab2's for {backbone_stacks} backbone and {extra_stacks} "
+        f"extra decoder stacks: {theirs}.")
+  for (_, fuse, blocks), (_, name, fuse_name) in zip(stages, expected):
+    if fuse_name is not None:
       for k, proj in enumerate(fuse._projections or []):  # pylint: disable=protected-access
         if proj is not None:
-          t.conv_bn(proj, f"encoder/{name}_resized_fuse/_resized_conv_bn{k + 1}")
+          kind = "strided" if proj._conv.strides[0] == 2 else "resized"  # pylint: disable=protected-access
+          t.conv_bn(proj, f"encoder/{fuse_name}/_{kind}_conv_bn{k + 1}")
     for j, (block, dpt) in enumerate(blocks):
       _residual_block(t, block, f"encoder/{name}/_block{j + 1}")
       if dpt is not None:
@@ -336,7 +415,7 @@ def _kmax_transformer_decoder(t: _Table, decoder):
 
 
 def mapping_table(model: keras.Model) -> List[Entry]:
-  """Every inference variable of a built kMaX ``MaskTransformer`` with its deeplab2 key.
+  """Every inference variable of a built kMaX / MaX ``MaskTransformer`` with its deeplab2 key.
 
   Raises:
     NotImplementedError: for parts with no deeplab2 mapping here.
@@ -353,16 +432,13 @@ def mapping_table(model: keras.Model) -> List[Entry]:
     _kmax_transformer_decoder(t, model.transformer_decoder)
   elif (isinstance(model.pixel_decoder, MaXPixelDecoder) and
         isinstance(model.transformer_decoder, MaXMemoryHead)):
-    if tuple(model.pixel_decoder.strides) != (16, 8, 4):
-      raise NotImplementedError("import_deeplab2 maps MaX-DeepLab-S's decoder (strides 16, "
-                                f"8, 4); got strides {model.pixel_decoder.strides}.")
     _encoder(t, model.pixel_encoder)
     _max_pixel_decoder(t, model.pixel_decoder)
     _max_memory_head(t, model.transformer_decoder)
   else:
     raise NotImplementedError(
         "import_deeplab2 maps kMaX-DeepLab (KMaXPixelDecoder + KMaXTransformerDecoder) and "
-        "MaX-DeepLab-S (MaXPixelDecoder + MaXMemoryHead); got "
+        "MaX-DeepLab-S/L (MaXPixelDecoder + MaXMemoryHead); got "
         f"{type(model.pixel_decoder).__name__} + {type(model.transformer_decoder).__name__}.")
   _predictor(t, model.predictor, "")
   return t.entries
@@ -394,7 +470,7 @@ class ImportReport:
 
 
 def import_checkpoint(model: keras.Model, checkpoint: str) -> ImportReport:
-  """Assigns a deeplab2 kMaX checkpoint to a built model of ours.
+  """Assigns a deeplab2 kMaX / MaX-DeepLab checkpoint to a built model of ours.
 
   Args:
     model: a built ``MaskTransformer`` configured like the deeplab2 model.
@@ -432,8 +508,8 @@ def import_checkpoint(model: keras.Model, checkpoint: str) -> ImportReport:
     hint = ""
     if len(missing) == len(entries):
       hint = (" None of the expected names is there: is this a deeplab2 kMaX-DeepLab "
-              "checkpoint (object paths encoder/..., pixel_decoder/..., "
-              "transformer_decoder/...)?")
+              "(object paths encoder/..., pixel_decoder/..., transformer_decoder/...) or "
+              "MaX-DeepLab (encoder/..., transformer_class_head/...) checkpoint?")
     elif len(missing) > len(entries) // 2:
       hint = " Most names are missing: does the gin config match the deeplab2 model?"
     raise ValueError(f"import_deeplab2: {len(missing)} of {len(entries)} variables are "

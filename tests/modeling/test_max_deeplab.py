@@ -130,3 +130,21 @@ def test_max_deeplab_l_parameter_count():
   assert sum(d is not None for _, _, blocks in model.pixel_decoder._stages
              for _, d in blocks) == 7
   assert axial_resnet.MEMORY == "memory"
+
+
+def test_decoder_stage_without_fusion_continues_and_takes_its_place():
+  kwargs = dict(num_blocks=(1, 1, 1), filters=(4, 4, 4), block_kinds=("bottleneck",) * 3,
+                transformer=(False,) * 3, expansion=2)
+  decoder = MaXPixelDecoder(strides=(16, 8, 16), fuse=(False, True, True), **kwargs)
+  endpoints = {"stride8": tf.ones([1, 5, 5, 8]), "stride16": tf.ones([1, 3, 3, 8])}
+  out = decoder(endpoints, training=False)
+  stages = decoder._stages  # pylint: disable=protected-access
+  assert stages[0][1] is None
+  # Stage 2 fuses the running feature and stage 0's output, which took the encoder
+  # stride-16 feature's place: two inputs, not three.
+  assert len(stages[2][1]._projections) == 2  # pylint: disable=protected-access
+  assert out["stride16"].shape == (1, 3, 3, 8) and out["stride8"].shape == (1, 5, 5, 8)
+  with pytest.raises(ValueError, match="continues the previous stage"):
+    MaXPixelDecoder(strides=(16, 8, 8), fuse=(True, False, True), **kwargs)
+  with pytest.raises(ValueError, match="not at its stride 8"):
+    MaXPixelDecoder(strides=(8, 16, 16), fuse=(False, True, True), **kwargs)(endpoints)

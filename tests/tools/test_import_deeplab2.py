@@ -228,3 +228,151 @@ def test_max_deeplab_table_matches_deeplab2():
   for key, shape in DEEPLAB2_MAX_SHAPES.items():
     assert shapes[key] == shape, key
   assert len(entries) == len(model.weights) == 494  # every variable has a source
+
+
+# deeplab2's MaX-DeepLab-L at blocks (1, 1, 2, 1), width x0.125, stem x0.125, N = 16,
+# memory 64, transformer expansion 0.5, dual-path FFN 64, 2 extra-decoder blocks per
+# stage (``get_model('max_deeplab_l', num_blocks=[1, 1, 2, 1], width_multiplier=0.125,
+# stem_width_multiplier=0.125, num_mask_slots=16, max_num_mask_slots=16,
+# memory_channels=64, global_feed_forward_network_channels=64,
+# base_transformer_expansion=0.5, extra_decoder_blocks_per_stage=2,
+# block_group_config={'dual_path_transformer_layer_config':
+# {'feed_forward_network_channels': 64}})``) and a MaX head with 9 class logits, on a
+# 65x65 image: variables per encoder part, and sample shapes.
+DEEPLAB2_MAX_L_COUNTS = {
+    "encoder/_stem": 5, "encoder/_stage1": 35, "encoder/_stage2": 15, "encoder/_stage3": 15,
+    "encoder/_stage4": 169, "encoder/_stage5": 103, "encoder/memory_feature": 1,
+    "encoder/_decoder_stage1": 10, "encoder/_decoder_stage1_resized_fuse": 5,
+    "encoder/_decoder_stage2": 10, "encoder/_decoder_stage2_resized_fuse": 5,
+    "encoder/_decoder_stage3": 10, "encoder/_decoder_stage3_resized_fuse": 5,
+    "encoder/_decoder_stage4": 98, "encoder/_decoder_stage4_resized_fuse": 5,
+    "encoder/_decoder_stage4_extra": 196,
+    "encoder/_decoder_stage5_extra": 20, "encoder/_decoder_stage5_extra_resized_fuse": 5,
+    "encoder/_decoder_stage6_extra": 20, "encoder/_decoder_stage6_extra_resized_fuse": 5,
+    "encoder/_decoder_stage7_extra": 20, "encoder/_decoder_stage7_extra_resized_fuse": 5,
+    "encoder/_decoder_stage8_extra": 196, "encoder/_decoder_stage8_extra_resized_fuse": 5,
+    "encoder/_decoder_stage9_extra": 20, "encoder/_decoder_stage9_extra_resized_fuse": 5,
+    "encoder/_decoder_stage10_extra": 20, "encoder/_decoder_stage10_extra_resized_fuse": 5,
+    "encoder/_class_feature_extra": 5, "encoder/_mask_feature_extra": 5,
+    "pixel_space_feature_batch_norm": 4, "pixel_space_head": 12,
+    "pixel_space_mask_batch_norm": 4, "transformer_class_head": 2, "transformer_mask_head": 5}
+DEEPLAB2_MAX_L_SHAPES = {
+    "encoder/_stem/_conv/kernel": (3, 3, 3, 8),
+    "encoder/_stage1/_block1/_conv2_bn/_conv/kernel": (3, 3, 16, 16),
+    "encoder/_stage1/_block1/_shortcut/_conv/kernel": (1, 1, 8, 16),
+    "encoder/_stage4/_block1/_conv1_bn_act/_conv/kernel": (3, 3, 64, 128),
+    "encoder/_stage4/_block2/_attention/_height_axis/qkv_kernel": (128, 256),
+    "encoder/_stage4/_block1_transformer/_memory_qkv_conv_bn/_conv/kernel": (1, 64, 128),
+    "encoder/_stage5/_block1_transformer/_memory_qkv_conv_bn/_conv/kernel": (1, 128, 256),
+    "encoder/_decoder_stage2_resized_fuse/_resized_conv_bn1/_conv/kernel": (1, 1, 64, 32),
+    "encoder/_decoder_stage3_resized_fuse/_strided_conv_bn1/_conv/kernel": (1, 1, 32, 64),
+    "encoder/_decoder_stage4_resized_fuse/_strided_conv_bn1/_conv/kernel": (1, 1, 64, 256),
+    ("encoder/_decoder_stage4_extra/_block2_transformer/_pixel_attention/"
+     "_batch_norm_retrieved_value/gamma"): (1, 8, 1, 16),
+    "encoder/_decoder_stage8_extra_resized_fuse/_strided_conv_bn1/_conv/kernel":
+        (1, 1, 64, 256),
+    "encoder/_decoder_stage10_extra/_block2/_conv2_bn/_conv/kernel": (3, 3, 32, 32),
+    "encoder/memory_feature": (1, 16, 64),
+    "encoder/_class_feature_extra/_conv/kernel": (1, 64, 64),
+}
+# configs/models/max_deeplab_l.gin's decoder (deeplab2's L = 2 stacked hourglass).
+MAX_L_STRIDES = (8, 4, 8, 16, 16, 8, 4, 8, 16, 8, 4)
+MAX_L_FUSE = (True, True, True, True, False, True, True, True, True, True, True)
+MAX_L_KINDS = ("basic", "basic", "basic", "axial", "axial", "basic", "basic", "basic",
+               "axial", "basic", "basic")
+
+
+def _max_l_decoder(**kwargs):
+  from deeplab_panoptic.modeling.pixel_decoders.max_deeplab import MaXPixelDecoder  # pylint: disable=g-import-not-at-top
+  return MaXPixelDecoder(
+      strides=MAX_L_STRIDES, block_kinds=MAX_L_KINDS,
+      transformer=tuple(s == 16 for s in MAX_L_STRIDES), expansion=4, num_heads=8,
+      axial_key_expansion=2.0, axial_value_expansion=4.0, activation="relu", **kwargs)
+
+
+def _tiny_max_l() -> MaskTransformer:
+  """The tiny MaX-L above, configured as configs/models/max_deeplab_l.gin."""
+  from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import DualPathConfig  # pylint: disable=g-import-not-at-top
+  from deeplab_panoptic.modeling.transformer_decoders.max_deeplab import MaXMemoryHead  # pylint: disable=g-import-not-at-top
+  dual_path = DualPathConfig(num_memory=16, memory_dim=64, bottleneck_dim=128, key_dim=64,
+                             value_dim=128, num_heads=8, ffn_dim=64)
+  stage4 = DualPathConfig(num_memory=16, memory_dim=64, bottleneck_dim=64, key_dim=32,
+                          value_dim=64, num_heads=8, ffn_dim=64)
+  model = MaskTransformer(
+      pixel_encoder=AxialResNet(
+          num_blocks=(3, 1, 1, 2, 1), filters=(4, 8, 16, 32, 64), stem_filters=(8,),
+          stage_strides=(1, 2, 2, 2, 2), block_kind="basic", expansion=4,
+          axial_beyond_stride=16, transformer_beyond_stride=16, output_stride=16,
+          num_heads=8, axial_key_expansion=2.0, axial_value_expansion=4.0,
+          dual_path=dual_path, stage_dual_paths=(None, None, None, stage4, None)),
+      pixel_decoder=_max_l_decoder(num_blocks=(1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2),
+                                   filters=(16, 8, 16, 64, 64, 16, 8, 16, 64, 16, 8),
+                                   dual_path=dual_path, fuse=MAX_L_FUSE),
+      transformer_decoder=MaXMemoryHead(dim=64),
+      predictor=MaskTransformerPredictor(num_classes=8, embedding_dim=32, pixel_head_dim=64,
+                                         activation="relu", name="predictor"))
+  model(tf.zeros([1, SIZE, SIZE, 3]), training=False)
+  return model
+
+
+def test_deeplab2_decoder_stage_names():
+  # Read off deeplab2's checkpoints: MaX-L (1 backbone + 1 extra stack), MaX-S (none).
+  stages = imp._deeplab2_decoder_stages(1, 1, 16, 4)  # pylint: disable=protected-access
+  assert [s for s, _, _ in stages] == list(MAX_L_STRIDES)
+  assert [n for _, n, _ in stages] == (
+      [f"_decoder_stage{n}" for n in (1, 2, 3, 4)] +
+      [f"_decoder_stage{n}_extra" for n in range(4, 11)])
+  assert [f is None for _, _, f in stages] == [not f for f in MAX_L_FUSE]
+  assert stages[3][2] == "_decoder_stage4_resized_fuse"
+  assert stages[5][2] == "_decoder_stage5_extra_resized_fuse"
+  assert imp._deeplab2_decoder_stages(0, 0, 16, 4) == [  # pylint: disable=protected-access
+      (16, "_stage5_extra", None),
+      (8, "_decoder_stage1_extra", "_decoder_stage1_extra_resized_fuse"),
+      (4, "_decoder_stage2_extra", "_decoder_stage2_extra_resized_fuse")]
+
+
+def test_max_deeplab_l_table_and_round_trip(tmp_path):
+  model = _tiny_max_l()
+  entries = imp.mapping_table(model)
+  counts = {}
+  for e in entries:
+    parts = e.key.split("/")
+    group = "/".join(parts[:2]) if parts[0] == "encoder" else parts[0]
+    counts[group] = counts.get(group, 0) + 1
+  assert counts == DEEPLAB2_MAX_L_COUNTS
+  shapes = {e.key: e.d2_shape or tuple(e.variable.shape) for e in entries}
+  for key, shape in DEEPLAB2_MAX_L_SHAPES.items():
+    assert shapes[key] == shape, key
+  assert len(entries) == len(model.weights) == 1050  # every variable has a source
+
+  _randomise(model, 4)
+  before = [v.numpy() for v in model.weights]
+  x = tf.random.stateless_uniform([1, SIZE, SIZE, 3], seed=[3, 4], minval=-1.0)
+  out_before = model(x, training=False)
+  prefix = str(tmp_path / "d2l" / "ckpt")
+  imp.write_deeplab2_style_checkpoint(model, prefix)
+  _randomise(model, 5)
+  report = imp.import_checkpoint(model, prefix)
+  assert report.assigned == 1050 and not report.unused_checkpoint_keys
+  for a, v in zip(before, model.weights):
+    np.testing.assert_allclose(v.numpy(), a, rtol=1e-6, atol=1e-7, err_msg=v.name)
+  out_after = model(x, training=False)
+  for key in (common.PRED_CLASS_LOGITS, common.PRED_MASK_LOGITS):
+    np.testing.assert_allclose(out_after[key].numpy(), out_before[key].numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_max_deeplab_l_decoder_that_deeplab2_does_not_build():
+  # Every stage fusing (the extra decoder not continuing the backbone one's
+  # stride-16 stage): no deeplab2 counterpart, said before any variable is read.
+  decoder = _max_l_decoder(num_blocks=(1,) * 11, filters=(8,) * 11)
+  with pytest.raises(NotImplementedError, match="exactly one stage without a fusion"):
+    imp._max_pixel_decoder(imp._Table(), decoder)  # pylint: disable=protected-access
+  # The right stages in a pattern deeplab2 does not make (no return to stride 4).
+  strides = (8, 4, 8, 16, 16, 8, 16)
+  from deeplab_panoptic.modeling.pixel_decoders.max_deeplab import MaXPixelDecoder  # pylint: disable=g-import-not-at-top
+  decoder = MaXPixelDecoder(strides=strides, num_blocks=(1,) * 7, filters=(1,) * 7,
+                            block_kinds=("basic",) * 7, transformer=(False,) * 7,
+                            fuse=(True, True, True, True, False, True, True))
+  with pytest.raises(NotImplementedError, match="are not deeplab2's"):
+    imp._max_pixel_decoder(imp._Table(), decoder)  # pylint: disable=protected-access

@@ -60,6 +60,9 @@ class CMTPixelDecoder(MaXPixelDecoder):
     if len(self._fuse_skips) != len(self._stages):
       raise ValueError(f"CMTPixelDecoder.fuse_skips needs one entry per stage "
                        f"({len(self._stages)}), got {fuse_skips}.")
+    if not all(self.fuse):
+      raise ValueError("CMTPixelDecoder keeps a fusion layer in every stage; use "
+                       f"fuse_skips rather than MaXPixelDecoder.fuse (got {self.fuse}).")
 
   def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
     produced = {}

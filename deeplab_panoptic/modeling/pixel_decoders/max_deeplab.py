@@ -5,7 +5,9 @@ two) features already produced at that stride (encoder endpoints count), then
 applies residual blocks, each optionally followed by a dual-path transformer
 layer that keeps updating the memory. MaX-DeepLab-S is the stages
 (16: axial + dual-path, 8: bottleneck, 4: bottleneck); MaX-DeepLab-L's stacked
-hourglass is a longer list of strides (16, 8, 4, 8, 16, 8, 4 ...).
+hourglass is a longer list of strides (8, 4, 8, 16, 16, 8, 4 ...), where the
+second stride-16 stage continues the first without a fusion (``fuse``), as
+deeplab2's extra decoder continues its backbone decoder.
 """
 
 from typing import Dict, Optional, Sequence
@@ -98,6 +100,14 @@ class MaXPixelDecoder(keras.layers.Layer):
     semantic_stage: index of the stage whose output is also returned as
       ``SEMANTIC_FEATURE`` (MaX-DeepLab-L: the first extra-decoder stride-4 stage,
       deeplab2's ``feature_semantic``, kept apart from the panoptic feature).
+    fuse: per stage, whether it starts by fusing (``MaXResizedFuse``). False: the
+      stage has no fusion layer; it takes the running feature as it is, which must
+      be at the stage's stride (the encoder output, or the previous stage's), and
+      its output takes that feature's place among the features kept at the stride
+      for later fusions. deeplab2 builds its first extra-decoder stage so: MaX-L's
+      ``_decoder_stage4_extra`` continues the backbone decoder's stride-16 stage
+      (and MaX-S's ``_stage5_extra`` the encoder output, where a fusion of the one
+      running feature is the identity). None: all True.
   """
 
   def __init__(self, strides: Sequence[int] = (16, 8, 4),
@@ -109,7 +119,8 @@ class MaXPixelDecoder(keras.layers.Layer):
                axial_key_expansion: float = 1.0, axial_value_expansion: float = 2.0,
                dual_path: Optional[DualPathConfig] = None,
                drop_path_rates: Optional[Sequence[float]] = None,
-               activation: str = "relu", semantic_stage: Optional[int] = None, **kwargs):
+               activation: str = "relu", semantic_stage: Optional[int] = None,
+               fuse: Optional[Sequence[bool]] = None, **kwargs):
     super().__init__(**kwargs)
     n = len(strides)
     if semantic_stage is not None and not 0 <= semantic_stage < n:
@@ -117,18 +128,26 @@ class MaXPixelDecoder(keras.layers.Layer):
                        f"index (0..{n - 1}).")
     self.semantic_stage = semantic_stage
     drop_path_rates = drop_path_rates or (0.0,) * n
+    fuse = tuple(bool(f) for f in fuse) if fuse is not None else (True,) * n
     if not all(len(a) == n for a in (num_blocks, filters, block_kinds, transformer,
-                                      drop_path_rates)):
+                                      drop_path_rates, fuse)):
       raise ValueError("MaXPixelDecoder: strides, num_blocks, filters, block_kinds, "
-                       "transformer and drop_path_rates need one entry per stage.")
+                       "transformer, drop_path_rates and fuse need one entry per stage.")
+    for i in range(1, n):
+      if not fuse[i] and strides[i] != strides[i - 1]:
+        raise ValueError(f"MaXPixelDecoder: stage {i} has fuse=False, so it continues the "
+                         f"previous stage and needs its stride ({strides[i - 1]}), got "
+                         f"{strides[i]}.")
+    self.fuse = fuse
     self.strides = tuple(strides)
     dual_path = dual_path if dual_path is not None else DualPathConfig()
     self._stages = []
-    for i, (s, nb, f, kind, tr, rate) in enumerate(zip(
-        strides, num_blocks, filters, block_kinds, transformer, drop_path_rates)):
+    for i, (s, nb, f, kind, tr, rate, fuses) in enumerate(zip(
+        strides, num_blocks, filters, block_kinds, transformer, drop_path_rates, fuse)):
       widths, key_dim = block_widths(kind, f, expansion, axial_key_expansion,
                                      axial_value_expansion)
-      fuse = MaXResizedFuse(widths[-1], activation, name=f"stage{i}_s{s}_fuse")
+      fuse_layer = (MaXResizedFuse(widths[-1], activation, name=f"stage{i}_s{s}_fuse")
+                    if fuses else None)
       blocks = []
       for j in range(nb):
         block = ResidualBlock(widths, kind, 1, key_dim, num_heads, activation, rate,
@@ -136,7 +155,7 @@ class MaXPixelDecoder(keras.layers.Layer):
         dpt = (dual_path.make_layer(activation, rate, name=f"stage{i}_s{s}_dual_path{j + 1}")
                if tr else None)
         blocks.append((block, dpt))
-      self._stages.append((s, fuse, blocks))
+      self._stages.append((s, fuse_layer, blocks))
 
   def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
     produced = {}
@@ -150,10 +169,15 @@ class MaXPixelDecoder(keras.layers.Layer):
       if s not in produced:
         raise ValueError(f"MaXPixelDecoder stage at stride {s} has no encoder endpoint "
                          f"'stride{s}' to size it; the encoder gives {sorted(endpoints)}.")
-      size = tuple(produced[s][-1].shape[1:3])
-      # The running feature and the last (up to two) features made at this stride.
-      others = [f for f in produced[s][-2:] if f is not x]
-      x = fuse([x] + others, size=size, training=training)
+      if fuse is None:
+        if produced[s][-1] is not x:
+          raise ValueError(f"MaXPixelDecoder stage {index} (fuse=False) continues the "
+                           f"running feature, which is not at its stride {s}.")
+      else:
+        size = tuple(produced[s][-1].shape[1:3])
+        # The running feature and the last (up to two) features made at this stride.
+        others = [f for f in produced[s][-2:] if f is not x]
+        x = fuse([x] + others, size=size, training=training)
       for block, dpt in blocks:
         x = block(x, training=training)
         if dpt is not None:
@@ -161,7 +185,10 @@ class MaXPixelDecoder(keras.layers.Layer):
             raise ValueError("MaXPixelDecoder has dual-path layers but the encoder "
                              f"gives no {MEMORY!r} endpoint.")
           x, memory = dpt((x, memory), training=training)
-      produced[s].append(x)
+      if fuse is None:
+        produced[s][-1] = x  # takes the place of the feature it continued
+      else:
+        produced[s].append(x)
       outputs[f"stride{s}"] = x
       if index == self.semantic_stage:
         outputs[SEMANTIC_FEATURE] = x
