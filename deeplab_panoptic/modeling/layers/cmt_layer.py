@@ -39,7 +39,7 @@ import tf_keras as keras
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.coord_conv import coordinate_grid
 from deeplab_panoptic.modeling.layers.dual_path import (
-    AttentionOperation, DenseBN, DualPathTransformerLayer, _split_heads)
+    AttentionOperation, DenseBN, DualPathTransformerLayer)
 from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import DualPathConfig
 
 STATE_MEMORY = "memory"
@@ -145,13 +145,8 @@ class ClusteringDualPathLayer(DualPathTransformerLayer):
                                            training=training),
                          [-1, height * width, pixel.shape[-1]])
 
-    split = [self.key_dim, self.key_dim, self.value_dim]
-    m_q, m_k, m_v = tf.split(self._memory_qkv(memory, training=training), split, axis=-1)
-    p_q, p_k, p_v = tf.split(self._pixel_qkv(pixel, training=training), split, axis=-1)
-    h = self.num_heads
-    m_q_h, m_k_h, p_q_h, p_k_h = [_split_heads(t, h) for t in (m_q, m_k, p_q, p_k)]
-    m_v_h = tf.reshape(m_v, [-1, m_v.shape[1], h, self.value_dim // h])
-    p_v_h = tf.reshape(p_v, [-1, height * width, h, self.value_dim // h])
+    (_, m_k, m_v, p_q, _, p_v), (m_q_h, m_k_h, m_v_h, p_q_h, p_k_h, p_v_h) = (
+        self._queries_keys_values(memory, pixel, training))
 
     if self.clustering:
       # Eq. 6: this layer's affinities plus the previous layer's (residual).

@@ -119,19 +119,35 @@ class DualPathTransformerLayer(keras.layers.Layer):
     self._pixel_conv3 = DenseBN(c_pixel, gamma_zero=True, name="pixel_conv3_bn")
     super().build(input_shape)
 
+  def _queries_keys_values(self, memory: tf.Tensor, pixel: tf.Tensor, training=None):
+    """Memory and pixel queries, keys and values, flat and split into heads.
+
+    Args:
+      memory: [B, N, bottleneck] (after memory_conv1).
+      pixel: [B, HW, bottleneck] (after pixel_conv1).
+
+    Returns:
+      ``(flat, heads)``, each ``(m_q, m_k, m_v, p_q, p_k, p_v)``: flat queries and
+      keys [B, N or HW, key_dim], values [B, N or HW, value_dim]; per head, queries
+      and keys as ``_split_heads`` and values [B, N or HW, heads, value_dim / heads].
+    """
+    split = [self.key_dim, self.key_dim, self.value_dim]
+    m_q, m_k, m_v = tf.split(self._memory_qkv(memory, training=training), split, axis=-1)
+    p_q, p_k, p_v = tf.split(self._pixel_qkv(pixel, training=training), split, axis=-1)
+    h = self.num_heads
+    heads = [_split_heads(t, h) for t in (m_q, m_k)]
+    heads.append(tf.reshape(m_v, [-1, m_v.shape[1], h, self.value_dim // h]))
+    heads += [_split_heads(t, h) for t in (p_q, p_k)]
+    heads.append(tf.reshape(p_v, [-1, p_v.shape[1], h, self.value_dim // h]))
+    return (m_q, m_k, m_v, p_q, p_k, p_v), tuple(heads)
+
   def call(self, inputs, training=None):
     pixel_input, memory_input = inputs
     _, height, width, c_pixel = pixel_input.shape.as_list()
     pixel_flat = tf.reshape(pixel_input, [-1, height * width, c_pixel])
     memory = self._memory_conv1(memory_input, training=training)
     pixel = self._pixel_conv1(self._act(pixel_flat), training=training)
-    split = [self.key_dim, self.key_dim, self.value_dim]
-    m_q, m_k, m_v = tf.split(self._memory_qkv(memory, training=training), split, axis=-1)
-    p_q, p_k, p_v = tf.split(self._pixel_qkv(pixel, training=training), split, axis=-1)
-    h = self.num_heads
-    m_q, m_k, p_q, p_k = [_split_heads(t, h) for t in (m_q, m_k, p_q, p_k)]
-    m_v = tf.reshape(m_v, [-1, m_v.shape[1], h, self.value_dim // h])
-    p_v = tf.reshape(p_v, [-1, height * width, h, self.value_dim // h])
+    _, (m_q, m_k, m_v, p_q, p_k, p_v) = self._queries_keys_values(memory, pixel, training)
 
     # M2P + M2M (eq. 14): one softmax over pixel and memory keys.
     keys = tf.concat([p_k, m_k], axis=2)

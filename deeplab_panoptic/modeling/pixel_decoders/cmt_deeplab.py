@@ -28,72 +28,26 @@ Because the second backbone needs the image, RFN is the pixel *encoder* of the
 ``PassThroughPixelDecoder`` is its pixel decoder.
 """
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict
 
 import gin
 import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic.modeling.layers import conv
-from deeplab_panoptic.modeling.pixel_decoders import max_deeplab as max_decoder
 from deeplab_panoptic.modeling.pixel_decoders.max_deeplab import MaXPixelDecoder
 from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import MEMORY
 
 
 @gin.configurable
 class CMTPixelDecoder(MaXPixelDecoder):
-  """``MaXPixelDecoder`` with a per-stage choice of fusing earlier features.
+  """``MaXPixelDecoder`` under CMT-DeepLab's gin name.
 
   Input / output and arguments as ``MaXPixelDecoder`` (the memory entry may be a
-  CMT state dict, ``layers/cmt_layer.py``), plus:
-
-  Args:
-    fuse_skips: per stage, whether the stage fuses the last (up to two) features
-      already produced at its stride (MaX) or takes the running feature alone.
-      None: all True (``MaXPixelDecoder``'s behaviour).
+  CMT state dict, ``layers/cmt_layer.py``); the CMT recipes set
+  ``fuse_skips = (True, False, True, True)`` so the second stride-16 stage takes
+  the running feature alone (see the module docstring).
   """
-
-  def __init__(self, *args, fuse_skips: Optional[Sequence[bool]] = None, **kwargs):
-    super().__init__(*args, **kwargs)
-    self._fuse_skips = (tuple(fuse_skips) if fuse_skips is not None
-                        else (True,) * len(self._stages))
-    if len(self._fuse_skips) != len(self._stages):
-      raise ValueError(f"CMTPixelDecoder.fuse_skips needs one entry per stage "
-                       f"({len(self._stages)}), got {fuse_skips}.")
-    if not all(self.fuse):
-      raise ValueError("CMTPixelDecoder keeps a fusion layer in every stage; use "
-                       f"fuse_skips rather than MaXPixelDecoder.fuse (got {self.fuse}).")
-
-  def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
-    produced = {}
-    for key, value in endpoints.items():
-      if key.startswith("stride"):
-        produced.setdefault(int(key[len("stride"):]), []).append(value)
-    memory = endpoints.get(MEMORY)
-    x = endpoints[f"stride{max(produced)}"]
-    outputs = {}
-    semantic_stage = getattr(self, "semantic_stage", None)
-    for index, ((s, fuse, blocks), skips) in enumerate(zip(self._stages, self._fuse_skips)):
-      if s not in produced:
-        raise ValueError(f"CMTPixelDecoder stage at stride {s} has no encoder endpoint "
-                         f"'stride{s}' to size it; the encoder gives {sorted(endpoints)}.")
-      size = tuple(produced[s][-1].shape[1:3])
-      others = [f for f in produced[s][-2:] if f is not x] if skips else []
-      x = fuse([x] + others, size=size, training=training)
-      for block, dpt in blocks:
-        x = block(x, training=training)
-        if dpt is not None:
-          if memory is None:
-            raise ValueError("CMTPixelDecoder has transformer layers but the encoder "
-                             f"gives no {MEMORY!r} endpoint (AxialResNet.learn_memory).")
-          x, memory = dpt((x, memory), training=training)
-      produced[s].append(x)
-      outputs[f"stride{s}"] = x
-      if index == semantic_stage:  # MaXPixelDecoder.semantic_stage (MaX-L's).
-        outputs[getattr(max_decoder, "SEMANTIC_FEATURE", "semantic_feature")] = x
-    if memory is not None:
-      outputs[MEMORY] = memory
-    return outputs
 
 
 @gin.configurable

@@ -108,6 +108,10 @@ class MaXPixelDecoder(keras.layers.Layer):
       ``_decoder_stage4_extra`` continues the backbone decoder's stride-16 stage
       (and MaX-S's ``_stage5_extra`` the encoder output, where a fusion of the one
       running feature is the identity). None: all True.
+    fuse_skips: per stage with a fusion, whether it fuses the last (up to two)
+      features already produced at its stride with the running feature (MaX) or
+      resizes / projects the running feature alone (CMT-DeepLab's second
+      stride-16 stage, ``cmt_deeplab.py``). None: all True.
   """
 
   def __init__(self, strides: Sequence[int] = (16, 8, 4),
@@ -120,7 +124,8 @@ class MaXPixelDecoder(keras.layers.Layer):
                dual_path: Optional[DualPathConfig] = None,
                drop_path_rates: Optional[Sequence[float]] = None,
                activation: str = "relu", semantic_stage: Optional[int] = None,
-               fuse: Optional[Sequence[bool]] = None, **kwargs):
+               fuse: Optional[Sequence[bool]] = None,
+               fuse_skips: Optional[Sequence[bool]] = None, **kwargs):
     super().__init__(**kwargs)
     n = len(strides)
     if semantic_stage is not None and not 0 <= semantic_stage < n:
@@ -129,16 +134,20 @@ class MaXPixelDecoder(keras.layers.Layer):
     self.semantic_stage = semantic_stage
     drop_path_rates = drop_path_rates or (0.0,) * n
     fuse = tuple(bool(f) for f in fuse) if fuse is not None else (True,) * n
+    fuse_skips = (tuple(bool(f) for f in fuse_skips) if fuse_skips is not None
+                  else (True,) * n)
     if not all(len(a) == n for a in (num_blocks, filters, block_kinds, transformer,
-                                      drop_path_rates, fuse)):
+                                      drop_path_rates, fuse, fuse_skips)):
       raise ValueError("MaXPixelDecoder: strides, num_blocks, filters, block_kinds, "
-                       "transformer, drop_path_rates and fuse need one entry per stage.")
+                       "transformer, drop_path_rates, fuse and fuse_skips need one entry "
+                       "per stage.")
     for i in range(1, n):
       if not fuse[i] and strides[i] != strides[i - 1]:
         raise ValueError(f"MaXPixelDecoder: stage {i} has fuse=False, so it continues the "
                          f"previous stage and needs its stride ({strides[i - 1]}), got "
                          f"{strides[i]}.")
     self.fuse = fuse
+    self.fuse_skips = fuse_skips
     self.strides = tuple(strides)
     dual_path = dual_path if dual_path is not None else DualPathConfig()
     self._stages = []
@@ -165,9 +174,9 @@ class MaXPixelDecoder(keras.layers.Layer):
     memory = endpoints.get(MEMORY)
     x = endpoints[f"stride{max(produced)}"]
     outputs = {}
-    for index, (s, fuse, blocks) in enumerate(self._stages):
+    for index, ((s, fuse, blocks), skips) in enumerate(zip(self._stages, self.fuse_skips)):
       if s not in produced:
-        raise ValueError(f"MaXPixelDecoder stage at stride {s} has no encoder endpoint "
+        raise ValueError(f"{type(self).__name__} stage at stride {s} has no encoder endpoint "
                          f"'stride{s}' to size it; the encoder gives {sorted(endpoints)}.")
       if fuse is None:
         if produced[s][-1] is not x:
@@ -176,14 +185,14 @@ class MaXPixelDecoder(keras.layers.Layer):
       else:
         size = tuple(produced[s][-1].shape[1:3])
         # The running feature and the last (up to two) features made at this stride.
-        others = [f for f in produced[s][-2:] if f is not x]
+        others = [f for f in produced[s][-2:] if f is not x] if skips else []
         x = fuse([x] + others, size=size, training=training)
       for block, dpt in blocks:
         x = block(x, training=training)
         if dpt is not None:
           if memory is None:
-            raise ValueError("MaXPixelDecoder has dual-path layers but the encoder "
-                             f"gives no {MEMORY!r} endpoint.")
+            raise ValueError(f"{type(self).__name__} has dual-path layers but the encoder "
+                             f"gives no {MEMORY!r} endpoint (AxialResNet.learn_memory).")
           x, memory = dpt((x, memory), training=training)
       if fuse is None:
         produced[s][-1] = x  # takes the place of the feature it continued
