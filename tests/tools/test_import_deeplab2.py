@@ -90,6 +90,26 @@ def _save(prefix, tensors):
                     tensors=[tf.constant(v) for v in tensors.values()])
 
 
+
+def _check_table(model, want_counts, want_shapes, num_variables):
+  """The mapping table against counts and shapes read from deeplab2's checkpoint.
+
+  Variables are grouped by encoder stage ("encoder/_stage3") or top-level part;
+  every variable of ``model`` must have a source (``num_variables`` of them).
+  """
+  entries = imp.mapping_table(model)
+  counts = {}
+  for e in entries:
+    parts = e.key.split("/")
+    group = "/".join(parts[:2]) if parts[0] == "encoder" else parts[0]
+    counts[group] = counts.get(group, 0) + 1
+  assert counts == want_counts
+  shapes = {e.key: e.d2_shape or tuple(e.variable.shape) for e in entries}
+  for key, shape in want_shapes.items():
+    assert shapes[key] == shape, key
+  assert len(entries) == len(model.weights) == num_variables
+  return entries
+
 def test_table_matches_deeplab2_names_and_shapes(model):
   entries = imp.mapping_table(model)
   keys = [e.key for e in entries]
@@ -217,17 +237,7 @@ def test_max_deeplab_table_matches_deeplab2():
       predictor=MaskTransformerPredictor(num_classes=8, embedding_dim=32, pixel_head_dim=64,
                                          activation="relu", name="predictor"))
   model(tf.zeros([1, SIZE, SIZE, 3]), training=False)
-  entries = imp.mapping_table(model)
-  counts = {}
-  for e in entries:
-    parts = e.key.split("/")
-    group = "/".join(parts[:2]) if parts[0] == "encoder" else parts[0]
-    counts[group] = counts.get(group, 0) + 1
-  assert counts == DEEPLAB2_MAX_COUNTS
-  shapes = {e.key: e.d2_shape or tuple(e.variable.shape) for e in entries}
-  for key, shape in DEEPLAB2_MAX_SHAPES.items():
-    assert shapes[key] == shape, key
-  assert len(entries) == len(model.weights) == 494  # every variable has a source
+  _check_table(model, DEEPLAB2_MAX_COUNTS, DEEPLAB2_MAX_SHAPES, 494)
 
 
 # deeplab2's MaX-DeepLab-L at blocks (1, 1, 2, 1), width x0.125, stem x0.125, N = 16,
@@ -333,17 +343,7 @@ def test_deeplab2_decoder_stage_names():
 
 def test_max_deeplab_l_table_and_round_trip(tmp_path):
   model = _tiny_max_l()
-  entries = imp.mapping_table(model)
-  counts = {}
-  for e in entries:
-    parts = e.key.split("/")
-    group = "/".join(parts[:2]) if parts[0] == "encoder" else parts[0]
-    counts[group] = counts.get(group, 0) + 1
-  assert counts == DEEPLAB2_MAX_L_COUNTS
-  shapes = {e.key: e.d2_shape or tuple(e.variable.shape) for e in entries}
-  for key, shape in DEEPLAB2_MAX_L_SHAPES.items():
-    assert shapes[key] == shape, key
-  assert len(entries) == len(model.weights) == 1050  # every variable has a source
+  _check_table(model, DEEPLAB2_MAX_L_COUNTS, DEEPLAB2_MAX_L_SHAPES, 1050)
 
   _randomise(model, 4)
   before = [v.numpy() for v in model.weights]
