@@ -14,7 +14,8 @@ class ResNetEncoder(keras.layers.Layer):
 
   Input: images ``[batch, height, width, 3]`` normalised to [-1, 1].
   Output: ``{"stride4", "stride8", "stride16", "stride32"}`` feature maps
-  ``[batch, ceil(height / s), ceil(width / s), channels_s]``.
+  ``[batch, ceil(height / s), ceil(width / s), channels_s]``, plus ``"stride2"``
+  (the stem's activated output before its max-pool) with ``stride2_endpoint``.
 
   Args:
     model_id: ResNet depth (18, 26, 34, 50, 101, 152, 200).
@@ -33,13 +34,17 @@ class ResNetEncoder(keras.layers.Layer):
       ``norm_cfg.requires_grad=False`` + ``norm_eval=True``, torchvision's
       FrozenBatchNorm2d): gamma/beta are not trained and the moving statistics
       are used and never updated, in training too.
+    stride2_endpoint: also return the stem's stride-2 feature, for decoders with
+      a stride-2 stage (kMaX-DeepLab / ReMaX on Cityscapes; deeplab2's ResNet
+      gives it as its first endpoint). The same layers and weights: the
+      endpoint adds no parameters and no computation.
   """
 
   def __init__(self, model_id: int = 50, depth_multiplier: float = 1.0,
                stem_type: str = "v0", init_stochastic_depth_rate: float = 0.0,
                activation: str = "relu", use_sync_bn: bool = False,
                norm_momentum: float = 0.99, frozen_stages: int = 0,
-               freeze_batch_norm: bool = False, **kwargs):
+               freeze_batch_norm: bool = False, stride2_endpoint: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._backbone = mg_resnet.ResNet(
         model_id=model_id,
@@ -55,6 +60,19 @@ class ResNetEncoder(keras.layers.Layer):
         bn_trainable=not freeze_batch_norm)
     specs = self._backbone.output_specs
     self.output_channels = {f"stride{2 ** int(k)}": int(v[-1]) for k, v in specs.items()}
+    self._with_stride2 = None
+    if stride2_endpoint:
+      # The functional model's layers in order: the stem ends at its first max-pool.
+      layers = self._backbone.layers
+      pool = next(i for i, l in enumerate(layers)
+                  if isinstance(l, keras.layers.MaxPooling2D))
+      stem = layers[pool - 1].output
+      outputs = {f"stride{2 ** int(k)}": v for k, v in self._backbone.output.items()}
+      outputs["stride2"] = stem
+      # A second view over the same layers; kept out of attribute tracking so
+      # checkpoints see the weights only through ``_backbone``, as without it.
+      self.__dict__["_with_stride2"] = keras.Model(self._backbone.inputs, outputs)
+      self.output_channels["stride2"] = int(stem.shape[-1])
     num_stages = len(specs)
     if not 0 <= frozen_stages <= num_stages:
       raise ValueError(f"ResNetEncoder.frozen_stages must be in [0, {num_stages}], "
@@ -69,5 +87,7 @@ class ResNetEncoder(keras.layers.Layer):
           break
 
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
+    if self._with_stride2 is not None:
+      return dict(self._with_stride2(images, training=training))
     features = self._backbone(images, training=training)
     return {f"stride{2 ** int(k)}": v for k, v in features.items()}
