@@ -23,6 +23,7 @@ from deeplab_panoptic.modeling.pixel_encoders import pvtv2
 from deeplab_panoptic.modeling.pixel_decoders import deformable as deformable_pixel_decoder
 from deeplab_panoptic.modeling.transformer_decoders import panoptic_segformer as panoptic_segformer_decoder
 from deeplab_panoptic.postprocess import mask_merging
+from deeplab_panoptic.postprocess import maskformer_merging
 from deeplab_panoptic.modeling.layers import cmt_layer
 from deeplab_panoptic.modeling.pixel_decoders import cmt_deeplab as cmt_pixel_decoder
 from deeplab_panoptic.modeling.transformer_decoders import cmt_deeplab as cmt_transformer_decoder

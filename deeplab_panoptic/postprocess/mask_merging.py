@@ -27,6 +27,9 @@ import tensorflow as tf
 
 from deeplab_panoptic import common
 from deeplab_panoptic.postprocess.panoptic import check_prediction_shapes
+from deeplab_panoptic.postprocess.panoptic import resize_mask_logits
+from deeplab_panoptic.postprocess.panoptic import slot_areas
+from deeplab_panoptic.postprocess.panoptic import slot_map_to_panoptic
 
 _CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -105,10 +108,8 @@ class MaskWiseMergingPostprocessor:
     scores = tf.reduce_max(probs, axis=-1)                             # [B, N]
     enabled = scores >= self._confidence_threshold
     slot_is_thing = tf.gather(tf.constant(self._is_thing, tf.bool), classes)
-    batch = tf.shape(classes)[0]
 
-    if tuple(mask_logits.shape[1:3]) != (height, width):
-      mask_logits = tf.image.resize(mask_logits, (height, width), method="bilinear")
+    mask_logits = resize_mask_logits(mask_logits, (height, width))
     binary = tf.logical_and(mask_logits > self._mask_logit_threshold,
                             enabled[:, tf.newaxis, tf.newaxis, :])     # [B, H, W, N]
     # Visit order: descending score; stable so ties keep the slot order.
@@ -119,32 +120,16 @@ class MaskWiseMergingPostprocessor:
     claimed = tf.reduce_any(sorted_binary, axis=-1)
     slot_map = tf.where(claimed, tf.gather(order, first, batch_dims=1), num_slots)
 
-    areas = self._slot_areas(slot_map, num_slots)                     # [B, N]
+    areas = slot_areas(slot_map, num_slots)                           # [B, N]
     survives = tf.logical_and(enabled, areas > tf.maximum(self._min_area - 1, 0))
-    survives_ext = tf.concat([survives, tf.zeros([batch, 1], tf.bool)], axis=1)
-    slot_map = tf.where(tf.gather(survives_ext, slot_map, batch_dims=1), slot_map,
-                        num_slots)
-
-    semantic_ext = tf.concat([classes, tf.fill([batch, 1], self._ignore_label)], axis=1)
-    instance_ids = tf.where(slot_is_thing, tf.range(1, num_slots + 1), 0)
-    instance_ext = tf.concat([instance_ids, tf.zeros([batch, 1], tf.int32)], axis=1)
-    semantic = tf.gather(semantic_ext, slot_map, batch_dims=1)
-    instance = tf.gather(instance_ext, slot_map, batch_dims=1)
+    panoptic, semantic, instance = slot_map_to_panoptic(
+        slot_map, classes, slot_is_thing, survives, self._label_divisor,
+        self._ignore_label)
     return {
-        common.PANOPTIC: semantic * self._label_divisor + instance,
+        common.PANOPTIC: panoptic,
         common.SEMANTIC: semantic,
         common.INSTANCE: instance,
         common.SEGMENT_CLASSES: tf.where(survives, classes, -1),
         common.SEGMENT_SCORES: scores,
         common.SEGMENT_AREAS: tf.where(survives, areas, 0),
     }
-
-  @staticmethod
-  def _slot_areas(slot_map: tf.Tensor, num_slots: int) -> tf.Tensor:
-    """Pixels per slot: int32 [B, N] from slot_map int32 [B, H, W] (N = void)."""
-    batch = tf.shape(slot_map)[0]
-    flat = tf.reshape(slot_map, [batch, -1])
-    offsets = tf.range(batch)[:, tf.newaxis] * (num_slots + 1)
-    counts = tf.math.unsorted_segment_sum(
-        tf.ones_like(flat), flat + offsets, num_segments=batch * (num_slots + 1))
-    return tf.reshape(counts, [batch, num_slots + 1])[:, :num_slots]

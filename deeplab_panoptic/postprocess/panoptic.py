@@ -64,6 +64,104 @@ def check_prediction_shapes(owner: str, class_logits: tf.Tensor, mask_logits: tf
   return num_slots
 
 
+def resize_mask_logits(mask_logits: tf.Tensor, size: Tuple[int, int],
+                       align_corners: bool = False) -> tf.Tensor:
+  """Bilinear resize of mask logits; a no-op at the target size already.
+
+  Args:
+    mask_logits: float ``[B, h, w, N]``.
+    size: (H, W) python ints.
+    align_corners: resize with align_corners=True (deeplab2, whose inputs are
+      ``k * stride + 1`` pixels) instead of half-pixel centres (``tf.image.resize``).
+
+  Returns:
+    float ``[B, H, W, N]``.
+  """
+  if tuple(mask_logits.shape[1:3]) == tuple(size):
+    return mask_logits
+  if align_corners:
+    return tf.compat.v1.image.resize(
+        mask_logits, size, method=tf.compat.v1.image.ResizeMethod.BILINEAR,
+        align_corners=True)
+  return tf.image.resize(mask_logits, size, method=tf.image.ResizeMethod.BILINEAR)
+
+
+def slot_areas(slot_map: tf.Tensor, num_slots: int) -> tf.Tensor:
+  """Pixels per slot.
+
+  Args:
+    slot_map: int32 ``[B, H, W]``, slot index per pixel, ``num_slots`` for void.
+    num_slots: N.
+
+  Returns:
+    int32 ``[B, N]``.
+  """
+  batch = tf.shape(slot_map)[0]
+  flat = tf.reshape(slot_map, [batch, -1])
+  # One segment id space for the whole batch keeps this a single XLA scatter.
+  offsets = tf.range(batch)[:, tf.newaxis] * (num_slots + 1)
+  counts = tf.math.unsorted_segment_sum(
+      tf.ones_like(flat), flat + offsets, num_segments=batch * (num_slots + 1))
+  return tf.reshape(counts, [batch, num_slots + 1])[:, :num_slots]
+
+
+def segment_areas(areas: tf.Tensor, classes: tf.Tensor, slot_is_thing: tf.Tensor,
+                  num_classes: int) -> tf.Tensor:
+  """Area of the panoptic segment each slot belongs to.
+
+  A thing slot is its own segment; stuff slots of one class share the segment
+  ``class * label_divisor``, so their areas add up.
+
+  Args:
+    areas: int32 ``[B, N]`` pixels of each slot (0 for slots without a segment).
+    classes: int32 ``[B, N]`` in ``[0, num_classes)``.
+    slot_is_thing: bool ``[B, N]``.
+    num_classes: classes without void.
+
+  Returns:
+    int32 ``[B, N]``.
+  """
+  one_hot = tf.one_hot(classes, num_classes, dtype=tf.int32)        # [B, N, C]
+  stuff_areas = tf.where(slot_is_thing, 0, areas)
+  class_areas = tf.reduce_sum(one_hot * stuff_areas[..., tf.newaxis], axis=1)
+  stuff_segment_areas = tf.gather(class_areas, classes, batch_dims=1)
+  return tf.where(slot_is_thing, areas, stuff_segment_areas)
+
+
+def slot_map_to_panoptic(slot_map: tf.Tensor, classes: tf.Tensor,
+                         slot_is_thing: tf.Tensor, survives: tf.Tensor,
+                         label_divisor: int, ignore_label: int
+                         ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Panoptic, semantic and instance maps from a per-pixel slot index.
+
+  Thing slots get instance id ``slot + 1``; stuff slots get instance 0, so stuff
+  slots of one class merge into one segment. Pixels of void (``N``) or
+  non-surviving slots get semantic ``ignore_label`` and instance 0.
+
+  Args:
+    slot_map: int32 ``[B, H, W]``, slot index per pixel, N for void.
+    classes: int32 ``[B, N]`` class of each slot.
+    slot_is_thing: bool ``[B, N]``.
+    survives: bool ``[B, N]``, slots whose pixels are kept.
+    label_divisor: panoptic = semantic * label_divisor + instance.
+    ignore_label: semantic label of void pixels.
+
+  Returns:
+    panoptic, semantic, instance: int32 ``[B, H, W]``.
+  """
+  batch = tf.shape(classes)[0]
+  num_slots = classes.shape[1]
+  survives_ext = tf.concat([survives, tf.zeros([batch, 1], tf.bool)], axis=1)
+  slot_map = tf.where(tf.gather(survives_ext, slot_map, batch_dims=1), slot_map,
+                      num_slots)
+  semantic_ext = tf.concat([classes, tf.fill([batch, 1], ignore_label)], axis=1)
+  instance_ids = tf.where(slot_is_thing, tf.range(1, num_slots + 1), 0)
+  instance_ext = tf.concat([instance_ids, tf.zeros([batch, 1], tf.int32)], axis=1)
+  semantic = tf.gather(semantic_ext, slot_map, batch_dims=1)
+  instance = tf.gather(instance_ext, slot_map, batch_dims=1)
+  return semantic * label_divisor + instance, semantic, instance
+
+
 @gin.configurable
 class PixelwisePanopticPostprocessor:
   """Per-pixel-argmax panoptic inference of MaX-DeepLab, static shapes.
@@ -144,16 +242,6 @@ class PixelwisePanopticPostprocessor:
   def num_classes(self) -> int:
     return self._num_classes
 
-  def _resize(self, mask_logits: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
-    """Bilinear resize of [B, h, w, N] logits to [B, H, W, N]."""
-    if tuple(mask_logits.shape[1:3]) == tuple(size):
-      return mask_logits
-    if self._align_corners:
-      return tf.compat.v1.image.resize(
-          mask_logits, size, method=tf.compat.v1.image.ResizeMethod.BILINEAR,
-          align_corners=True)
-    return tf.image.resize(mask_logits, size, method=tf.image.ResizeMethod.BILINEAR)
-
   def _slot_predictions(self, class_logits: tf.Tensor
                         ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Class, score, enabled flag and thing flag of each slot.
@@ -203,9 +291,9 @@ class PixelwisePanopticPostprocessor:
                                         self._label_divisor)
 
     classes, scores, enabled, slot_is_thing = self._slot_predictions(class_logits)
-    batch = tf.shape(classes)[0]
 
-    mask_logits = self._resize(mask_logits, (height, width))       # [B, H, W, N]
+    mask_logits = resize_mask_logits(mask_logits, (height, width),
+                                     self._align_corners)           # [B, H, W, N]
     enabled_px = enabled[:, tf.newaxis, tf.newaxis, :]              # [B, 1, 1, N]
     masked_logits = tf.where(enabled_px, mask_logits, _DISABLED_LOGIT)
 
@@ -222,27 +310,19 @@ class PixelwisePanopticPostprocessor:
     # Slot index per pixel, num_slots for void.
     slot_map = tf.where(kept, top_slot, num_slots)                   # [B, H, W]
 
-    slot_areas = self._slot_areas(slot_map, num_slots)                # [B, N]
-    segment_areas = self._segment_areas(slot_areas, classes, slot_is_thing)
+    areas = slot_areas(slot_map, num_slots)                           # [B, N]
+    seg_areas = segment_areas(areas, classes, slot_is_thing, self._num_classes)
     area_threshold = tf.where(slot_is_thing, self._thing_area_threshold,
                               self._stuff_area_threshold)
     survives = tf.logical_and(
-        tf.logical_and(enabled, slot_areas > 0), segment_areas >= area_threshold)
+        tf.logical_and(enabled, areas > 0), seg_areas >= area_threshold)
 
-    # Re-map pixels of removed slots to void.
-    survives_ext = tf.concat([survives, tf.zeros([batch, 1], tf.bool)], axis=1)
-    slot_map = tf.where(tf.gather(survives_ext, slot_map, batch_dims=1),
-                        slot_map, num_slots)
+    # Pixels of removed slots become void.
+    panoptic, semantic, instance = slot_map_to_panoptic(
+        slot_map, classes, slot_is_thing, survives, self._label_divisor,
+        self._ignore_label)
 
-    void = tf.fill([batch, 1], self._ignore_label)
-    semantic_ext = tf.concat([classes, void], axis=1)                # [B, N + 1]
-    instance_ids = tf.where(slot_is_thing, tf.range(1, num_slots + 1), 0)
-    instance_ext = tf.concat([instance_ids, tf.zeros([batch, 1], tf.int32)], axis=1)
-    semantic = tf.gather(semantic_ext, slot_map, batch_dims=1)
-    instance = tf.gather(instance_ext, slot_map, batch_dims=1)
-    panoptic = semantic * self._label_divisor + instance
-
-    final_areas = tf.where(survives, slot_areas, 0)
+    final_areas = tf.where(survives, areas, 0)
     return {
         common.PANOPTIC: panoptic,
         common.SEMANTIC: semantic,
@@ -251,44 +331,3 @@ class PixelwisePanopticPostprocessor:
         common.SEGMENT_SCORES: scores,
         common.SEGMENT_AREAS: final_areas,
     }
-
-  @staticmethod
-  def _slot_areas(slot_map: tf.Tensor, num_slots: int) -> tf.Tensor:
-    """Pixels per slot.
-
-    Args:
-      slot_map: int32 [B, H, W], slot index per pixel, num_slots for void.
-      num_slots: N.
-
-    Returns:
-      int32 [B, N].
-    """
-    batch = tf.shape(slot_map)[0]
-    flat = tf.reshape(slot_map, [batch, -1])
-    # One segment id space for the whole batch keeps this a single XLA scatter.
-    offsets = tf.range(batch)[:, tf.newaxis] * (num_slots + 1)
-    counts = tf.math.unsorted_segment_sum(
-        tf.ones_like(flat), flat + offsets, num_segments=batch * (num_slots + 1))
-    return tf.reshape(counts, [batch, num_slots + 1])[:, :num_slots]
-
-  def _segment_areas(self, slot_areas: tf.Tensor, classes: tf.Tensor,
-                     slot_is_thing: tf.Tensor) -> tf.Tensor:
-    """Area of the panoptic segment each slot belongs to.
-
-    A thing slot is its own segment; stuff slots of one class share the segment
-    ``class * label_divisor``, so their areas add up.
-
-    Args:
-      slot_areas: int32 [B, N].
-      classes: int32 [B, N].
-      slot_is_thing: bool [B, N].
-
-    Returns:
-      int32 [B, N].
-    """
-    one_hot = tf.one_hot(classes, self._num_classes, dtype=tf.int32)  # [B, N, C]
-    stuff_areas = tf.where(slot_is_thing, 0, slot_areas)
-    class_areas = tf.reduce_sum(one_hot * stuff_areas[..., tf.newaxis], axis=1)
-    stuff_segment_areas = tf.gather(class_areas, classes, batch_dims=1)
-    return tf.where(slot_is_thing, slot_areas, stuff_segment_areas)
-
