@@ -308,7 +308,10 @@ def dataset_info(name: str = gin.REQUIRED, categories_json: Optional[str] = None
       categories, or the ``dataset_info.json`` the converter writes beside the
       shards.
     label_divisor: label divisor of a custom dataset (default: the file's, else
-      256).
+      256); for a registered dataset, a larger divisor than its own to read its
+      shards with (the reader re-encodes the labels), for models with more mask
+      slots than the dataset's divisor leaves instance ids for (Panoptic
+      SegFormer's 400 queries on COCO, whose divisor is 256).
     ignore_label: ignore label of a custom dataset (default: the file's, else 255).
 
   Raises:
@@ -320,7 +323,7 @@ def dataset_info(name: str = gin.REQUIRED, categories_json: Optional[str] = None
                        "set dataset_info.categories_json (e.g. the dataset_info.json "
                        "that the converter writes beside the shards).")
     categories, _ = _read_categories_file(categories_json)
-    return from_spec(name, categories, categories_json)
+    return _with_label_divisor(from_spec(name, categories, categories_json), label_divisor)
   if categories_json:
     return from_coco_categories(name, categories_json, label_divisor, ignore_label)
   if name not in _REGISTRY:
@@ -328,10 +331,20 @@ def dataset_info(name: str = gin.REQUIRED, categories_json: Optional[str] = None
                      "For a custom dataset set dataset_info.categories_json.")
   entry = _REGISTRY[name]
   info = entry if isinstance(entry, DatasetInfo) else entry()
-  if isinstance(entry, DatasetInfo):
+  if not isinstance(entry, DatasetInfo):
+    _REGISTRY[name] = info  # Built once.
+  return _with_label_divisor(info, label_divisor)
+
+
+def _with_label_divisor(info: DatasetInfo, label_divisor: Optional[int]) -> DatasetInfo:
+  """``info`` with a larger label divisor (None: unchanged)."""
+  if label_divisor is None or label_divisor == info.label_divisor:
     return info
-  _REGISTRY[name] = info  # Built once.
-  return info
+  if label_divisor < info.label_divisor:
+    raise ValueError(f"dataset_info.label_divisor = {label_divisor} is below dataset "
+                     f"{info.name!r}'s own ({info.label_divisor}); only a larger one "
+                     "can hold its instance ids.")
+  return dataclasses.replace(info, label_divisor=int(label_divisor))
 
 
 def to_json(info: DatasetInfo) -> dict:

@@ -180,13 +180,17 @@ def decode_record(serialized: tf.Tensor,
   Cheap checks run in the graph and fail with a message naming the image file
   and ``source``: the image and label bytes must be PNG/JPEG and PNG, the
   decoded sizes must equal the stored height and width, and, when given, the
-  stored label divisor and ignore label must equal ``label_divisor`` and
-  ``ignore_label``.
+  stored ignore label must equal ``ignore_label``. A record stored with another
+  label divisor than ``label_divisor`` is re-encoded to it (``semantic *
+  label_divisor + instance``; its instance ids must stay below
+  ``label_divisor``), so one set of shards serves models whose instance ids need a
+  larger divisor (e.g. Panoptic SegFormer's 400 queries on COCO, stored at 256).
 
   Args:
     serialized: string scalar, a serialized ``tf.train.Example``.
     source: where the record comes from (e.g. the TFRecord path), for messages.
-    label_divisor: expected label divisor, or None to skip the check.
+    label_divisor: label divisor of the returned GT_PANOPTIC, or None for the
+      stored one.
     ignore_label: expected ignore label, or None to skip the check.
 
   Returns:
@@ -196,7 +200,9 @@ def decode_record(serialized: tf.Tensor,
       common.ORIGINAL_HEIGHT, common.ORIGINAL_WIDTH: int32 scalars.
       common.GT_PANOPTIC: int32 [H, W]; all void
         (``ignore_label * label_divisor``) for an unlabelled image.
-      LABEL_DIVISOR, IGNORE_LABEL: int32 scalars, as stored.
+      LABEL_DIVISOR: int32 scalar, the divisor of GT_PANOPTIC (``label_divisor``
+        when given, else the stored one).
+      IGNORE_LABEL: int32 scalar, as stored.
       HAS_LABEL: bool scalar, whether the record holds a label.
   """
   parsed = tf.io.parse_single_example(serialized, _FEATURES)
@@ -223,11 +229,6 @@ def decode_record(serialized: tf.Tensor,
           tf.logical_and(height > 0, width > 0),
           where + ["has a non-positive image/height or image/width:", height, width]),
   ]
-  if label_divisor is not None:
-    checks.append(tf.debugging.Assert(
-        tf.equal(stored_divisor, label_divisor),
-        where + ["has label divisor", stored_divisor, "but the dataset uses",
-                 label_divisor]))
   if ignore_label is not None:
     checks.append(tf.debugging.Assert(
         tf.equal(stored_ignore, ignore_label),
@@ -261,6 +262,17 @@ def decode_record(serialized: tf.Tensor,
     void = stored_ignore * stored_divisor
     panoptic = tf.where(has_label, panoptic, void)
     image = tf.identity(image)
+  divisor = stored_divisor
+  if label_divisor is not None:
+    divisor = tf.constant(label_divisor, tf.int32)
+    instance = panoptic % stored_divisor
+    fits = tf.debugging.Assert(
+        tf.reduce_all(instance < divisor),
+        where + ["has label divisor", stored_divisor, "and instance ids up to",
+                 tf.reduce_max(instance), "which do not fit the dataset's label divisor",
+                 divisor])
+    with tf.control_dependencies([fits]):
+      panoptic = (panoptic // stored_divisor) * divisor + instance
   image.set_shape([None, None, 3])
   panoptic.set_shape([None, None])
   return {
@@ -269,7 +281,7 @@ def decode_record(serialized: tf.Tensor,
       common.ORIGINAL_HEIGHT: height,
       common.ORIGINAL_WIDTH: width,
       common.GT_PANOPTIC: panoptic,
-      LABEL_DIVISOR: stored_divisor,
+      LABEL_DIVISOR: divisor,
       IGNORE_LABEL: stored_ignore,
       HAS_LABEL: has_label,
   }

@@ -96,6 +96,25 @@ def test_eval_batches_reconstruct_the_labels(data_dir):
                    batch[common.GT_IS_THING][i])
 
 
+def test_a_larger_label_divisor_reads_the_same_shards(data_dir):
+  # dataset_info.label_divisor = 1000 on shards written at 256: the reader
+  # re-encodes, so every label map uses the experiment's divisor.
+  info = dataset_info.dataset_info(name="shapes", label_divisor=1000)
+  assert info.label_divisor == 1000 and INFO.label_divisor == 256
+  ds = reader.build_dataset(convert.file_pattern(data_dir, "val"), info,
+                            is_training=False, batch_size=5, crop_size=(128, 128),
+                            max_num_masks=16)
+  batch = next(ds.as_numpy_iterator())
+  for i, name in enumerate(batch[common.IMAGE_NAME]):
+    _, panoptic = _original(name)
+    want = (panoptic // 256) * 1000 + panoptic % 256
+    np.testing.assert_array_equal(batch[common.GT_PANOPTIC][i], want)
+    np.testing.assert_array_equal(batch[common.GT_PANOPTIC_ORIGINAL][i], want)
+    np.testing.assert_array_equal(batch[common.GT_SEMANTIC][i], panoptic // 256)
+  with pytest.raises(ValueError, match="below dataset 'shapes'"):
+    dataset_info.dataset_info(name="shapes", label_divisor=100)
+
+
 def test_eval_shrinks_large_images_and_pads(data_dir):
   ds = reader.build_dataset(convert.file_pattern(data_dir, "val"), INFO,
                             is_training=False, batch_size=1, crop_size=(64, 80),

@@ -109,8 +109,26 @@ def test_corrupt_records_name_the_image_and_source():
   message = _decode_error(example.SerializeToString())
   assert "broken.png" in message and "stores size" in message
 
-  message = _decode_error(_record(image, panoptic, "broken.png"), label_divisor=1000)
-  assert "broken.png" in message and "label divisor" in message
+  # Instance ids that do not fit a smaller label divisor.
+  message = _decode_error(_record(image, panoptic, "broken.png"), label_divisor=2)
+  assert "broken.png" in message and "do not fit the dataset's label divisor" in message
+
+
+def test_records_are_re_encoded_to_the_requested_label_divisor():
+  # Stored at 256, read at 1000 (Panoptic SegFormer's 400 queries on COCO): the
+  # same semantic / instance pairs, void included.
+  image, panoptic = shapes.generate_example(0, 3)
+  panoptic = panoptic.copy()
+  panoptic[:4] = 255 * 256  # a void strip
+  stored = _record(image, panoptic, label_divisor=256)
+  as_stored = tfrecord.decode_record(tf.constant(stored))
+  read = tfrecord.decode_record(tf.constant(stored), label_divisor=1000)
+  want = (panoptic // 256) * 1000 + panoptic % 256
+  assert (panoptic % 256 > 0).any() and (panoptic // 256 == 255).any()
+  np.testing.assert_array_equal(as_stored[common.GT_PANOPTIC].numpy(), panoptic)
+  np.testing.assert_array_equal(read[common.GT_PANOPTIC].numpy(), want)
+  assert int(read[tfrecord.LABEL_DIVISOR]) == 1000
+  assert int(as_stored[tfrecord.LABEL_DIVISOR]) == 256
 
 
 @pytest.mark.skipif(not os.path.isdir(COCO_SAMPLE),
