@@ -72,8 +72,10 @@ class ExperimentConfig:
       ``@PanopticSegFormerLoss`` for Panoptic SegFormer).
     postprocessor: the panoptic inference class, called with ``is_thing``,
       ``label_divisor`` and ``ignore_label`` of the dataset
-      (``@PixelwisePanopticPostprocessor``, or ``@MaskWiseMergingPostprocessor``
-      for Panoptic SegFormer).
+      (``@PixelwisePanopticPostprocessor``, MaX-DeepLab's per-pixel argmax;
+      ``@MaskWiseMergingPostprocessor``, Panoptic SegFormer's Algorithm 1; or
+      ``@MaskFormerMergingPostprocessor``, MaskFormer's mask-wise merging, which
+      CMT-DeepLab uses).
     mixed_precision: None (float32), "bfloat16" (TPU; also runs on CPU) or
       "float16" (GPU, with a dynamic loss scale). The model computes in that
       type with float32 variables; its outputs, the losses and the
