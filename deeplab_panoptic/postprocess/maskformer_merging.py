@@ -45,6 +45,7 @@ from deeplab_panoptic.postprocess.panoptic import resize_mask_logits
 from deeplab_panoptic.postprocess.panoptic import segment_areas
 from deeplab_panoptic.postprocess.panoptic import slot_areas
 from deeplab_panoptic.postprocess.panoptic import slot_map_to_panoptic
+from deeplab_panoptic.postprocess.panoptic import softmax_slot_classes
 
 _MASK_ACTIVATIONS = ("softmax", "sigmoid")
 _OWNER = "MaskFormerMergingPostprocessor"
@@ -152,15 +153,12 @@ class MaskFormerMergingPostprocessor:
       (their probability, in the softmax over all num_classes + 1), kept bool
       [B, N], slot_is_thing bool [B, N].
     """
-    probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)
-    real = probs[..., :self._num_classes]
-    classes = tf.argmax(real, axis=-1, output_type=tf.int32)
-    scores = tf.reduce_max(real, axis=-1)
+    probs, classes, scores, slot_is_thing = softmax_slot_classes(class_logits,
+                                                                 self._is_thing)
     # MaskFormer's argmax over all K + 1 is a real class unless void is strictly
     # larger (argmax takes the first of tied maxima and void is last).
     not_void = scores >= probs[..., self._num_classes]
     kept = tf.logical_and(not_void, scores > self._object_mask_threshold)
-    slot_is_thing = tf.gather(tf.constant(self._is_thing, tf.bool), classes)
     return classes, scores, kept, slot_is_thing
 
   def __call__(self, outputs: Dict[str, tf.Tensor],

@@ -128,6 +128,27 @@ def segment_areas(areas: tf.Tensor, classes: tf.Tensor, slot_is_thing: tf.Tensor
   return tf.where(slot_is_thing, areas, stuff_segment_areas)
 
 
+def softmax_slot_classes(class_logits: tf.Tensor, is_thing: Sequence[bool]
+                         ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Each slot's best real class under a softmax over the classes and void.
+
+  Args:
+    class_logits: float ``[B, N, num_classes + 1]`` (void last).
+    is_thing: per train id (length num_classes).
+
+  Returns:
+    probs float32 ``[B, N, num_classes + 1]`` (void included); classes int32
+    ``[B, N]`` (argmax over the real classes); scores float32 ``[B, N]`` (their
+    probability, not renormalised without void); slot_is_thing bool ``[B, N]``.
+  """
+  probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)
+  real = probs[..., :len(is_thing)]
+  classes = tf.argmax(real, axis=-1, output_type=tf.int32)
+  scores = tf.reduce_max(real, axis=-1)
+  slot_is_thing = tf.gather(tf.constant(list(is_thing), tf.bool), classes)
+  return probs, classes, scores, slot_is_thing
+
+
 def slot_map_to_panoptic(slot_map: tf.Tensor, classes: tf.Tensor,
                          slot_is_thing: tf.Tensor, survives: tf.Tensor,
                          label_divisor: int, ignore_label: int
@@ -253,14 +274,10 @@ class PixelwisePanopticPostprocessor:
       classes int32 [B, N], scores float32 [B, N], enabled bool [B, N],
       slot_is_thing bool [B, N].
     """
-    probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)
     # The void column is dropped without renormalising, so a slot that puts mass
     # on void gets a low score rather than a confident non-void class.
-    probs = probs[..., :self._num_classes]
-    classes = tf.argmax(probs, axis=-1, output_type=tf.int32)
-    scores = tf.reduce_max(probs, axis=-1)
+    _, classes, scores, slot_is_thing = softmax_slot_classes(class_logits, self._is_thing)
     enabled = scores >= self._class_threshold
-    slot_is_thing = tf.gather(tf.constant(self._is_thing, tf.bool), classes)
     return classes, scores, enabled, slot_is_thing
 
   def __call__(self, outputs: Dict[str, tf.Tensor],
