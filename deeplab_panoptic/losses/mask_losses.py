@@ -879,9 +879,14 @@ class MaskTransformerLoss:
     if self.mask_approximation_weight:
       is_final = not stage.prefix
       if is_final or common.PRED_REFERENCE_POINTS in stage.output:
-        points = tf.cast(self._require(
-            stage.output, common.PRED_REFERENCE_POINTS, stage.where),
-                         tf.float32)
+        if common.PRED_REFERENCE_POINTS not in stage.output:
+          raise KeyError(
+              f"MaskTransformerLoss.mask_approximation_weight is "
+              f"{self.mask_approximation_weight} but the model predicts no "
+              f"{common.PRED_REFERENCE_POINTS!r} (CMT-DeepLab's reference masks: "
+              "CMTLayerConfig.location = True); set the weight to 0 for a model "
+              "without them.")
+        points = tf.cast(stage.output[common.PRED_REFERENCE_POINTS], tf.float32)
         losses[common.LOSS_MASK_APPROXIMATION] = (
             self.mask_approximation_weight * tf.reduce_mean(
                 cmt.mask_approximation_loss(points, targets.masks, assignment,
