@@ -29,7 +29,7 @@ from deeplab_panoptic import common
 from deeplab_panoptic.postprocess.panoptic import check_prediction_shapes
 from deeplab_panoptic.postprocess.panoptic import resize_mask_logits
 from deeplab_panoptic.postprocess.panoptic import slot_areas
-from deeplab_panoptic.postprocess.panoptic import slot_map_to_panoptic
+from deeplab_panoptic.postprocess.panoptic import panoptic_outputs
 
 _CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -122,14 +122,5 @@ class MaskWiseMergingPostprocessor:
 
     areas = slot_areas(slot_map, num_slots)                           # [B, N]
     survives = tf.logical_and(enabled, areas > tf.maximum(self._min_area - 1, 0))
-    panoptic, semantic, instance = slot_map_to_panoptic(
-        slot_map, classes, slot_is_thing, survives, self._label_divisor,
-        self._ignore_label)
-    return {
-        common.PANOPTIC: panoptic,
-        common.SEMANTIC: semantic,
-        common.INSTANCE: instance,
-        common.SEGMENT_CLASSES: tf.where(survives, classes, -1),
-        common.SEGMENT_SCORES: scores,
-        common.SEGMENT_AREAS: tf.where(survives, areas, 0),
-    }
+    return panoptic_outputs(slot_map, classes, scores, areas, slot_is_thing, survives,
+                            self._label_divisor, self._ignore_label)

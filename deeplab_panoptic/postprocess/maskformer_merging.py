@@ -44,7 +44,8 @@ from deeplab_panoptic.postprocess.panoptic import check_prediction_shapes
 from deeplab_panoptic.postprocess.panoptic import resize_mask_logits
 from deeplab_panoptic.postprocess.panoptic import segment_areas
 from deeplab_panoptic.postprocess.panoptic import slot_areas
-from deeplab_panoptic.postprocess.panoptic import slot_map_to_panoptic
+from deeplab_panoptic.postprocess.panoptic import check_postprocessor_config
+from deeplab_panoptic.postprocess.panoptic import panoptic_outputs
 from deeplab_panoptic.postprocess.panoptic import softmax_slot_classes
 
 _MASK_ACTIVATIONS = ("softmax", "sigmoid")
@@ -108,22 +109,14 @@ class MaskFormerMergingPostprocessor:
     if mask_activation not in _MASK_ACTIVATIONS:
       raise ValueError(f"{_OWNER}: mask_activation must be one of "
                        f"{_MASK_ACTIVATIONS}, got {mask_activation!r}.")
-    is_thing = [bool(t) for t in is_thing]
-    if not is_thing:
-      raise ValueError(f"{_OWNER}: is_thing is empty.")
-    if ignore_label < len(is_thing):
-      raise ValueError(f"{_OWNER}: ignore_label {ignore_label} must be >= "
-                       f"num_classes ({len(is_thing)}).")
-    if label_divisor <= 0:
-      raise ValueError(f"{_OWNER}: label_divisor must be positive.")
+    is_thing = check_postprocessor_config(_OWNER, is_thing, label_divisor, ignore_label,
+                                          thing_area_threshold, stuff_area_threshold)
     if not 0.0 < mask_threshold <= 1.0:
       raise ValueError(f"{_OWNER}: mask_threshold must be in (0, 1].")
     if not 0.0 <= object_mask_threshold < 1.0:
       raise ValueError(f"{_OWNER}: object_mask_threshold must be in [0, 1).")
     if overlap_threshold < 0.0:
       raise ValueError(f"{_OWNER}: overlap_threshold must be >= 0.")
-    if thing_area_threshold < 0 or stuff_area_threshold < 0:
-      raise ValueError(f"{_OWNER}: area thresholds must be >= 0.")
     self._is_thing = is_thing
     self._num_classes = len(is_thing)
     self._label_divisor = int(label_divisor)
@@ -227,14 +220,5 @@ class MaskFormerMergingPostprocessor:
                               self._stuff_area_threshold)
     survives = tf.logical_and(valid, seg_areas >= area_threshold)
 
-    panoptic, semantic, instance = slot_map_to_panoptic(
-        slot_map, classes, slot_is_thing, survives, self._label_divisor,
-        self._ignore_label)
-    return {
-        common.PANOPTIC: panoptic,
-        common.SEMANTIC: semantic,
-        common.INSTANCE: instance,
-        common.SEGMENT_CLASSES: tf.where(survives, classes, -1),
-        common.SEGMENT_SCORES: scores,
-        common.SEGMENT_AREAS: tf.where(survives, pixel_areas, 0),
-    }
+    return panoptic_outputs(slot_map, classes, scores, pixel_areas, slot_is_thing,
+                            survives, self._label_divisor, self._ignore_label)

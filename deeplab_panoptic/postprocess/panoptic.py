@@ -21,7 +21,7 @@ Implements the pixel-wise merge of MaX-DeepLab (the paper's inference, deeplab2'
 Everything is computed at the target (model input) resolution.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import gin
 import tensorflow as tf
@@ -183,6 +183,59 @@ def slot_map_to_panoptic(slot_map: tf.Tensor, classes: tf.Tensor,
   return semantic * label_divisor + instance, semantic, instance
 
 
+def check_postprocessor_config(owner: str, is_thing: Sequence[bool], label_divisor: int,
+                               ignore_label: int, thing_area_threshold: int = 0,
+                               stuff_area_threshold: int = 0) -> List[bool]:
+  """Validates the dataset arguments every panoptic postprocessor takes.
+
+  Returns:
+    ``is_thing`` as a list of bools.
+
+  Raises:
+    ValueError: naming ``owner`` and the offending argument.
+  """
+  is_thing = [bool(t) for t in is_thing]
+  if not is_thing:
+    raise ValueError(f"{owner}: is_thing is empty.")
+  if ignore_label < len(is_thing):
+    raise ValueError(f"{owner}: ignore_label {ignore_label} must be >= num_classes "
+                     f"({len(is_thing)}).")
+  if label_divisor <= 0:
+    raise ValueError(f"{owner}: label_divisor must be positive.")
+  if thing_area_threshold < 0 or stuff_area_threshold < 0:
+    raise ValueError(f"{owner}: area thresholds must be >= 0.")
+  return is_thing
+
+
+def panoptic_outputs(slot_map: tf.Tensor, classes: tf.Tensor, scores: tf.Tensor,
+                     areas: tf.Tensor, slot_is_thing: tf.Tensor, survives: tf.Tensor,
+                     label_divisor: int, ignore_label: int) -> Dict[str, tf.Tensor]:
+  """The postprocessors' common output dict from a per-pixel slot index.
+
+  Args:
+    slot_map: int32 ``[B, H, W]``, slot index per pixel, N for void.
+    classes, scores, areas: ``[B, N]`` class, class confidence and pixel count
+      of each slot.
+    slot_is_thing, survives: bool ``[B, N]``.
+    label_divisor, ignore_label: see ``slot_map_to_panoptic``.
+
+  Returns:
+    ``common.PANOPTIC`` / ``SEMANTIC`` / ``INSTANCE`` int32 ``[B, H, W]`` and
+    ``SEGMENT_CLASSES`` (-1 for dropped slots), ``SEGMENT_SCORES``,
+    ``SEGMENT_AREAS`` (0 for dropped slots) ``[B, N]``.
+  """
+  panoptic, semantic, instance = slot_map_to_panoptic(
+      slot_map, classes, slot_is_thing, survives, label_divisor, ignore_label)
+  return {
+      common.PANOPTIC: panoptic,
+      common.SEMANTIC: semantic,
+      common.INSTANCE: instance,
+      common.SEGMENT_CLASSES: tf.where(survives, classes, -1),
+      common.SEGMENT_SCORES: scores,
+      common.SEGMENT_AREAS: tf.where(survives, areas, 0),
+  }
+
+
 @gin.configurable
 class PixelwisePanopticPostprocessor:
   """Per-pixel-argmax panoptic inference of MaX-DeepLab, static shapes.
@@ -237,16 +290,9 @@ class PixelwisePanopticPostprocessor:
     if mask_activation not in _MASK_ACTIVATIONS:
       raise ValueError(f"PixelwisePanopticPostprocessor: mask_activation must be "
                        f"one of {_MASK_ACTIVATIONS}, got {mask_activation!r}.")
-    is_thing = [bool(t) for t in is_thing]
-    if not is_thing:
-      raise ValueError("PixelwisePanopticPostprocessor: is_thing is empty.")
-    if ignore_label < len(is_thing):
-      raise ValueError(f"PixelwisePanopticPostprocessor: ignore_label {ignore_label} "
-                       f"must be >= num_classes ({len(is_thing)}).")
-    if label_divisor <= 0:
-      raise ValueError("PixelwisePanopticPostprocessor: label_divisor must be positive.")
-    if thing_area_threshold < 0 or stuff_area_threshold < 0:
-      raise ValueError("PixelwisePanopticPostprocessor: area thresholds must be >= 0.")
+    is_thing = check_postprocessor_config(
+        "PixelwisePanopticPostprocessor", is_thing, label_divisor, ignore_label,
+        thing_area_threshold, stuff_area_threshold)
     self._is_thing = is_thing
     self._num_classes = len(is_thing)
     self._label_divisor = int(label_divisor)
@@ -335,16 +381,5 @@ class PixelwisePanopticPostprocessor:
         tf.logical_and(enabled, areas > 0), seg_areas >= area_threshold)
 
     # Pixels of removed slots become void.
-    panoptic, semantic, instance = slot_map_to_panoptic(
-        slot_map, classes, slot_is_thing, survives, self._label_divisor,
-        self._ignore_label)
-
-    final_areas = tf.where(survives, areas, 0)
-    return {
-        common.PANOPTIC: panoptic,
-        common.SEMANTIC: semantic,
-        common.INSTANCE: instance,
-        common.SEGMENT_CLASSES: tf.where(survives, classes, -1),
-        common.SEGMENT_SCORES: scores,
-        common.SEGMENT_AREAS: final_areas,
-    }
+    return panoptic_outputs(slot_map, classes, scores, areas, slot_is_thing, survives,
+                            self._label_divisor, self._ignore_label)
