@@ -265,14 +265,20 @@ def decode_record(serialized: tf.Tensor,
   divisor = stored_divisor
   if label_divisor is not None:
     divisor = tf.constant(label_divisor, tf.int32)
-    instance = panoptic % stored_divisor
-    fits = tf.debugging.Assert(
-        tf.reduce_all(instance < divisor),
-        where + ["has label divisor", stored_divisor, "and instance ids up to",
-                 tf.reduce_max(instance), "which do not fit the dataset's label divisor",
-                 divisor])
-    with tf.control_dependencies([fits]):
-      panoptic = (panoptic // stored_divisor) * divisor + instance
+
+    def re_encode():
+      instance = panoptic % stored_divisor
+      fits = tf.debugging.Assert(
+          tf.reduce_all(instance < divisor),
+          where + ["has label divisor", stored_divisor, "and instance ids up to",
+                   tf.reduce_max(instance), "which do not fit the dataset's label "
+                   "divisor", divisor])
+      with tf.control_dependencies([fits]):
+        return (panoptic // stored_divisor) * divisor + instance
+
+    # Per-pixel work only for shards stored with another divisor (the input
+    # pipeline's common case is the dataset's own).
+    panoptic = tf.cond(tf.equal(stored_divisor, divisor), lambda: panoptic, re_encode)
   image.set_shape([None, None, 3])
   panoptic.set_shape([None, None])
   return {
