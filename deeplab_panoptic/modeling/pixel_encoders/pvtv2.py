@@ -1,14 +1,19 @@
-"""PVTv2 pixel encoders (Wang et al., "PVT v2", 2022): B0, B2, B5.
+"""PVTv2 pixel encoders (Wang et al., "PVT v2", 2022): B0-B5 and B2-Li.
 
 Overlapping patch embeddings (7x7 stride 4, then 3x3 stride 2, each + LN),
 pre-norm transformer blocks whose attention reduces keys/values spatially (conv
 with kernel = stride = SR ratio, then LN), and a convolutional feed-forward
 network (fc -> 3x3 depthwise conv -> GELU -> fc). No layer scale; linear drop path.
+
+The "linear" models (PVTv2-B2-Li) reduce keys/values in every stage by adaptive
+average pooling to a fixed 7x7 grid, a 1x1 conv, LN and GELU (attention cost
+linear in the number of pixels), and put a ReLU after the FFN's first fc.
 """
 
 from typing import Dict, List, Optional, Sequence
 
 import gin
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -29,7 +34,35 @@ VARIANTS = {
                mlp_ratios=(8, 8, 4, 4)),
     "b5": dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3),
                mlp_ratios=(4, 4, 4, 4)),
+    "b2_li": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3),
+                  mlp_ratios=(8, 8, 4, 4), linear=True),
 }
+
+
+def adaptive_average_pooling_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """``[out_size, in_size]`` averaging weights of PyTorch's adaptive average pooling.
+
+  Output cell i averages inputs ``floor(i * in / out) <= j < ceil((i + 1) * in / out)``
+  (cells may overlap when ``out`` does not divide ``in``; an input smaller than
+  ``out`` is repeated).
+  """
+  weights = np.zeros([out_size, in_size], np.float32)
+  for i in range(out_size):
+    start = (i * in_size) // out_size
+    end = -((-(i + 1) * in_size) // out_size)
+    weights[i, start:end] = 1.0 / (end - start)
+  return weights
+
+
+def adaptive_average_pool2d(x: tf.Tensor, output_size: int) -> tf.Tensor:
+  """``[batch, H, W, C]`` -> ``[batch, output_size, output_size, C]``, static H, W.
+
+  Two small matmuls with the pooling matrices of each axis (no loop, XLA-friendly).
+  """
+  _, height, width, _ = x.shape
+  rows = tf.constant(adaptive_average_pooling_matrix(height, output_size), x.dtype)
+  cols = tf.constant(adaptive_average_pooling_matrix(width, output_size), x.dtype)
+  return tf.einsum("ph,bhwc,qw->bpqc", rows, x, cols)
 
 
 def _layer_norm(name: str, epsilon: float = 1e-6) -> keras.layers.LayerNormalization:
@@ -63,7 +96,8 @@ class SpatialReductionAttention(keras.layers.Layer):
   Input ``[batch, H, W, dim]``; output the same shape.
   """
 
-  def __init__(self, dim: int, num_heads: int, sr_ratio: int, **kwargs):
+  def __init__(self, dim: int, num_heads: int, sr_ratio: int, linear: bool = False,
+               pool_size: int = 7, **kwargs):
     super().__init__(**kwargs)
     if dim % num_heads:
       raise ValueError(f"PVTv2: width {dim} is not divisible by {num_heads} heads.")
@@ -73,16 +107,29 @@ class SpatialReductionAttention(keras.layers.Layer):
     self._kv = _dense(2 * dim, "kv")
     self._proj = _dense(dim, "proj")
     self._sr_ratio = sr_ratio
-    if sr_ratio > 1:
+    self._linear = linear
+    self._pool_size = pool_size
+    if linear:
+      self._sr = keras.layers.Conv2D(dim, 1, name="sr")
+      self._sr_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="sr_norm")
+    elif sr_ratio > 1:
       self._sr = keras.layers.Conv2D(dim, sr_ratio, sr_ratio, padding="valid", name="sr")
       self._sr_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="sr_norm")
+
+  def _reduce(self, x: tf.Tensor) -> tf.Tensor:
+    """The keys'/values' input: ``[batch, h', w', dim]``."""
+    if self._linear:
+      pooled = adaptive_average_pool2d(x, self._pool_size)
+      return tf.nn.gelu(self._sr_norm(self._sr(pooled)), approximate=False)
+    if self._sr_ratio > 1:
+      return self._sr_norm(self._sr(x))
+    return x
 
   def call(self, x: tf.Tensor) -> tf.Tensor:
     _, height, width, dim = x.shape
     heads, head_dim = self._heads, self._head_dim
     q = tf.reshape(self._q(x), [-1, height * width, heads, head_dim])
-    kv_in = self._sr_norm(self._sr(x)) if self._sr_ratio > 1 else x
-    kv = self._kv(kv_in)
+    kv = self._kv(self._reduce(x))
     num_kv = kv.shape[1] * kv.shape[2]
     kv = tf.reshape(kv, [-1, num_kv, 2, heads, head_dim])
     k, v = kv[:, :, 0], kv[:, :, 1]
@@ -93,28 +140,33 @@ class SpatialReductionAttention(keras.layers.Layer):
 
 
 class ConvFFN(keras.layers.Layer):
-  """fc -> 3x3 depthwise conv -> GELU -> fc on ``[batch, H, W, dim]``."""
+  """fc -> (ReLU if linear) -> 3x3 depthwise conv -> GELU -> fc on ``[batch, H, W, dim]``."""
 
-  def __init__(self, dim: int, hidden_dim: int, **kwargs):
+  def __init__(self, dim: int, hidden_dim: int, linear: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._fc1 = _dense(hidden_dim, "fc1")
     self._dw = keras.layers.DepthwiseConv2D(3, padding="same", name="dwconv")
     self._fc2 = _dense(dim, "fc2")
+    self._linear = linear
 
   def call(self, x: tf.Tensor) -> tf.Tensor:
-    return self._fc2(tf.nn.gelu(self._dw(self._fc1(x)), approximate=False))
+    hidden = self._fc1(x)
+    if self._linear:
+      hidden = tf.nn.relu(hidden)
+    return self._fc2(tf.nn.gelu(self._dw(hidden), approximate=False))
 
 
 class PVTv2Block(keras.layers.Layer):
   """Pre-norm block: x + DropPath(SRA(LN(x))); x + DropPath(ConvFFN(LN(x)))."""
 
   def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int,
-               drop_path_rate: float, **kwargs):
+               drop_path_rate: float, linear: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._norm1 = _layer_norm("norm1")
-    self._attn = SpatialReductionAttention(dim, num_heads, sr_ratio, name="attn")
+    self._attn = SpatialReductionAttention(dim, num_heads, sr_ratio, linear=linear,
+                                           name="attn")
     self._norm2 = _layer_norm("norm2")
-    self._mlp = ConvFFN(dim, dim * mlp_ratio, name="mlp")
+    self._mlp = ConvFFN(dim, dim * mlp_ratio, linear=linear, name="mlp")
     self._drop_path = DropPath(drop_path_rate)
 
   def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
@@ -131,9 +183,11 @@ class PVTv2Encoder(keras.layers.Layer):
   ``[batch, ~height / s, ~width / s, embed_dims[i]]``.
 
   Args:
-    variant: "b0" ... "b5"; fills the widths, depths and MLP ratios below
-      that are left as None.
+    variant: "b0" ... "b5" or "b2_li"; fills the widths, depths, MLP ratios
+      and `linear` below that are left as None.
     embed_dims, depths, mlp_ratios: per stage; override the variant.
+    linear: linear spatial-reduction attention (7x7 adaptive pooling in every
+      stage) and the FFN's ReLU, as PVTv2-B2-Li; overrides the variant.
     num_heads: per stage (1, 2, 5, 8 in every variant).
     sr_ratios: spatial-reduction ratio per stage (8, 4, 2, 1).
     drop_path_rate: drop path of the last block (linear from 0).
@@ -144,7 +198,7 @@ class PVTv2Encoder(keras.layers.Layer):
                mlp_ratios: Optional[Sequence[int]] = None,
                num_heads: Sequence[int] = (1, 2, 5, 8),
                sr_ratios: Sequence[int] = (8, 4, 2, 1),
-               drop_path_rate: float = 0.1, **kwargs):
+               drop_path_rate: float = 0.1, linear: Optional[bool] = None, **kwargs):
     super().__init__(**kwargs)
     if variant not in VARIANTS:
       raise ValueError(f"PVTv2Encoder.variant must be one of {sorted(VARIANTS)}, "
@@ -153,6 +207,7 @@ class PVTv2Encoder(keras.layers.Layer):
     embed_dims = tuple(embed_dims or spec["embed_dims"])
     depths = tuple(depths or spec["depths"])
     mlp_ratios = tuple(mlp_ratios or spec["mlp_ratios"])
+    linear = spec.get("linear", False) if linear is None else bool(linear)
     total = sum(depths)
     rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
     self._embeds: List[OverlapPatchEmbed] = []
@@ -166,7 +221,7 @@ class PVTv2Encoder(keras.layers.Layer):
       blocks = []
       for j in range(depth):
         blocks.append(PVTv2Block(dim, num_heads[stage], sr_ratios[stage], mlp_ratios[stage],
-                                 rates[index], name=f"block{stage + 1}_{j}"))
+                                 rates[index], linear=linear, name=f"block{stage + 1}_{j}"))
         index += 1
       self._stages.append(blocks)
       self._norms.append(_layer_norm(f"norm{stage + 1}"))
