@@ -169,9 +169,14 @@ class Experiment:
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
       # One pipeline per host, sharded by input_context, batched per replica.
       with gin.config_scope(scope):
-        return reader.build_dataset(
+        ds = reader.build_dataset(
             file_pattern=pattern, dataset_info=self.info, is_training=training,
             batch_size=batch_size, input_context=input_context)
+      if training:
+        # A TPU replica's infeed (and an XLA step) takes no strings: the image
+        # names, which only evaluation writes out, stay on the host.
+        ds = ds.map(lambda b: {k: v for k, v in b.items() if v.dtype != tf.string})
+      return ds
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 

@@ -175,6 +175,8 @@ class PanopticTrainer(orbit.StandardTrainer):
 
   def train_step(self, iterator):
     def step_fn(batch):
+      # XLA (and a TPU replica) takes no string tensor: names stay outside the step.
+      batch = {k: v for k, v in batch.items() if v.dtype != tf.string}
       losses, grads = self._forward_backward_fn(batch)
       total = losses[common.LOSS_TOTAL]
       checks = []

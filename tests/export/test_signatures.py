@@ -27,12 +27,8 @@ FAMILY_GIN_FILES = [
     "experiments/quickstart/kmax_deeplab_shapes.gin",
     "experiments/quickstart/max_deeplab_shapes.gin",
     "experiments/quickstart/panoptic_segformer_shapes.gin",
+    "experiments/quickstart/cmt_deeplab_shapes.gin",
 ]
-# CMT-DeepLab: its quickstart recipe is being written; it joins the parity check
-# as soon as the file exists (per-pixel argmax inference, LOW_THRESHOLDS apply).
-CMT_GIN_FILE = "experiments/quickstart/cmt_deeplab_shapes.gin"
-if os.path.isfile(os.path.join(REPO_ROOT, CMT_GIN_FILE)):
-  FAMILY_GIN_FILES.append(CMT_GIN_FILE)
 
 # Keep every slot and pixel, so the maps are far from all-void with untrained weights.
 LOW_THRESHOLDS = [
