@@ -123,7 +123,8 @@ class PanopticEvaluator(orbit.StandardEvaluator):
           "original_width": batch[common.ORIGINAL_WIDTH],
       }
     batch = next(iterator)
-    outputs = self.strategy.run(step_fn, args=(batch,))
+    tensors = {k: v for k, v in batch.items() if k != common.IMAGE_NAME}
+    outputs = self.strategy.run(step_fn, args=(tensors,))
     if self.write_predictions or self.keep_predictions:
       if common.IMAGE_NAME not in batch:
         raise ValueError("PanopticEvaluator.write_predictions / keep_predictions need "
