@@ -19,6 +19,7 @@ from deeplab_panoptic.modeling.meta_arch import MaskTransformer
 from deeplab_panoptic.postprocess.panoptic import PixelwisePanopticPostprocessor
 from deeplab_panoptic.training import evaluator as evaluator_lib
 from deeplab_panoptic.training import files
+from deeplab_panoptic.training import init_checkpoint as init_checkpoint_lib
 from deeplab_panoptic.training import model_summary
 from deeplab_panoptic.training import strategies
 from deeplab_panoptic.training import trainer as trainer_lib
@@ -82,6 +83,11 @@ class ExperimentConfig:
       postprocessing are float32. Export and summary always build float32.
     loss_scale: the DynamicLossScale built for "float16" (its gin arguments set
       the initial scale and growth).
+    init_checkpoint: a checkpoint prefix or directory of another run to start
+      from when ``model_dir`` holds no checkpoint yet (a run that resumes ignores
+      it): fine-tuning, or a pretrained pixel encoder.
+    init_checkpoint_parts: the model parts read from it (``"pixel_encoder"``,
+      ``"pixel_decoder"``, ``"transformer_decoder"``, ...) or ``("all",)``.
   """
   train_file_pattern: Optional[str] = None
   eval_file_pattern: Optional[str] = None
@@ -103,6 +109,8 @@ class ExperimentConfig:
   postprocessor: Callable[..., Callable] = PixelwisePanopticPostprocessor
   mixed_precision: Optional[str] = None
   loss_scale: Callable[[], DynamicLossScale] = DynamicLossScale
+  init_checkpoint: Optional[str] = None
+  init_checkpoint_parts: Sequence[str] = (init_checkpoint_lib.ALL_PARTS,)
 
 
 class Experiment:
@@ -237,6 +245,11 @@ class Experiment:
     if generators:
       extra["layer_random_generators"] = generators
     manager = self._checkpoint(optimizer, global_step, **extra)
+    if cfg.init_checkpoint and manager.latest_checkpoint is None:
+      # A fresh run only: a resumed run continues from its own checkpoint.
+      read = init_checkpoint_lib.initialize_from_checkpoint(
+          self.model, cfg.init_checkpoint, cfg.init_checkpoint_parts)
+      logging.info("Initialised %s from %s", ", ".join(cfg.init_checkpoint_parts), read)
     controller = orbit.Controller(
         strategy=self.strategy, trainer=trainer, evaluator=evaluator,
         global_step=global_step, steps_per_loop=cfg.steps_per_loop,
