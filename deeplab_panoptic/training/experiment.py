@@ -88,6 +88,9 @@ class ExperimentConfig:
       it): fine-tuning, or a pretrained pixel encoder.
     init_checkpoint_parts: the model parts read from it (``"pixel_encoder"``,
       ``"pixel_decoder"``, ``"transformer_decoder"``, ...) or ``("all",)``.
+    init_checkpoint_layout: ``"ours"`` (written by main.py or the importers) or
+      ``"model_garden_backbone"`` (a Model Garden checkpoint's ``backbone``, e.g.
+      its ImageNet ResNets, read into a ``ResNetEncoder``).
   """
   train_file_pattern: Optional[str] = None
   eval_file_pattern: Optional[str] = None
@@ -111,6 +114,7 @@ class ExperimentConfig:
   loss_scale: Callable[[], DynamicLossScale] = DynamicLossScale
   init_checkpoint: Optional[str] = None
   init_checkpoint_parts: Sequence[str] = (init_checkpoint_lib.ALL_PARTS,)
+  init_checkpoint_layout: str = "ours"
 
 
 class Experiment:
@@ -248,8 +252,9 @@ class Experiment:
     if cfg.init_checkpoint and manager.latest_checkpoint is None:
       # A fresh run only: a resumed run continues from its own checkpoint.
       read = init_checkpoint_lib.initialize_from_checkpoint(
-          self.model, cfg.init_checkpoint, cfg.init_checkpoint_parts)
-      logging.info("Initialised %s from %s", ", ".join(cfg.init_checkpoint_parts), read)
+          self.model, cfg.init_checkpoint, cfg.init_checkpoint_parts,
+          cfg.init_checkpoint_layout)
+      print(f"Initialised from {read} ({cfg.init_checkpoint_layout} layout).", flush=True)
     controller = orbit.Controller(
         strategy=self.strategy, trainer=trainer, evaluator=evaluator,
         global_step=global_step, steps_per_loop=cfg.steps_per_loop,

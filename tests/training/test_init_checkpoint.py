@@ -93,3 +93,37 @@ def test_errors_name_the_setting(saved, tmp_path):
   prefix = other.write(str(tmp_path / "other" / "ckpt"))
   with pytest.raises(ValueError, match="does not hold every variable"):
     init_checkpoint.initialize_from_checkpoint(target, prefix, ["pixel_encoder"])
+
+
+def test_model_garden_backbone_checkpoint(tmp_path):
+  """A Model Garden classifier checkpoint keeps its ResNet under the root 'backbone'."""
+  from official.vision.modeling.backbones import resnet as mg_resnet
+  import tf_keras as keras
+  classifier_backbone = mg_resnet.ResNet(
+      model_id=18, depth_multiplier=0.25,
+      input_specs=keras.layers.InputSpec(shape=[None, None, None, 3]))
+  classifier_backbone(tf.zeros([1, 32, 32, 3]))
+  for i, v in enumerate(classifier_backbone.weights):
+    v.assign(tf.random.stateless_normal(v.shape, seed=[i, 3], dtype=v.dtype))
+  head = keras.layers.Dense(10)
+  head(tf.zeros([1, 128]))
+  # As Model Garden's trainer saves: the model, the optimizer step and, at the
+  # root, the model's checkpoint_items (backbone=...).
+  prefix = tf.train.Checkpoint(
+      global_step=tf.Variable(7, dtype=tf.int64),
+      model=tf.train.Checkpoint(backbone=classifier_backbone, head=head),
+      backbone=classifier_backbone).write(str(tmp_path / "ckpt-7"))
+  target = _model(num_classes=3)
+  decoder_before = _values(target.transformer_decoder)
+  init_checkpoint.initialize_from_checkpoint(target, prefix, layout="model_garden_backbone")
+  got_all = _values(target.pixel_encoder.model_garden_backbone)
+  assert len(got_all) == len(classifier_backbone.weights) > 10
+  for got, want in zip(got_all, _values(classifier_backbone)):
+    np.testing.assert_array_equal(got, want)
+  for got, want in zip(_values(target.transformer_decoder), decoder_before):
+    np.testing.assert_array_equal(got, want)
+  # The same file read in our layout names what is missing.
+  with pytest.raises(ValueError, match="does not hold every variable"):
+    init_checkpoint.initialize_from_checkpoint(target, prefix, ["pixel_encoder"])
+  with pytest.raises(ValueError, match="init_checkpoint_layout must be one of"):
+    init_checkpoint.initialize_from_checkpoint(target, prefix, layout="torch")

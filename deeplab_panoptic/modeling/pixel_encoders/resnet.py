@@ -86,6 +86,11 @@ class ResNetEncoder(keras.layers.Layer):
         if layer.name == last:
           break
 
+  @property
+  def model_garden_backbone(self) -> keras.Model:
+    """The wrapped Model Garden ResNet: what a Model Garden checkpoint's ``backbone`` holds."""
+    return self._backbone
+
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
     if self._with_stride2 is not None:
       return dict(self._with_stride2(images, training=training))
