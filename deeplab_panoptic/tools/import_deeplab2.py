@@ -569,6 +569,14 @@ def build_model_from_gin() -> Tuple[keras.Model, Tuple[int, int]]:
   return model, size
 
 
+def write_imported_checkpoint(model: keras.Model, output_dir: str) -> str:
+  """Writes ``model`` as our step-0 checkpoint (``ckpt-0``), the layout main.py reads."""
+  step = tf.Variable(0, dtype=tf.int64)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(global_step=step, model=model),
+                                       output_dir, max_to_keep=1)
+  return manager.save(checkpoint_number=0)
+
+
 def main(argv):
   del argv
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
@@ -581,10 +589,7 @@ def main(argv):
   model, _ = build_model_from_gin()
   report = import_checkpoint(model, f.deeplab2_checkpoint)
   print(report.summary())
-  step = tf.Variable(0, dtype=tf.int64)
-  manager = tf.train.CheckpointManager(tf.train.Checkpoint(global_step=step, model=model),
-                                       f.output_dir, max_to_keep=1)
-  print("wrote", manager.save(checkpoint_number=0))
+  print("wrote", write_imported_checkpoint(model, f.output_dir))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def main(argv):
   del argv
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
   from deeplab_panoptic.main import parse_gin  # pylint: disable=g-import-not-at-top
-  from deeplab_panoptic.tools.import_deeplab2 import build_model_from_gin  # pylint: disable=g-import-not-at-top
+  from deeplab_panoptic.tools.import_deeplab2 import build_model_from_gin, write_imported_checkpoint  # pylint: disable=g-import-not-at-top,g-multiple-import
   f = flags.FLAGS
   if not f.gin_file:
     raise app.UsageError("--gin_file (a recipe whose pixel encoder is PVTv2Encoder) is "
@@ -127,10 +127,7 @@ def main(argv):
   unused = load_pvtv2_state_dict(model.pixel_encoder, state)
   print(f"assigned {len(model.pixel_encoder.weights)} encoder variables; "
         f"left out {len(unused)} classifier arrays")
-  step = tf.Variable(0, dtype=tf.int64)
-  manager = tf.train.CheckpointManager(tf.train.Checkpoint(global_step=step, model=model),
-                                       f.output_dir, max_to_keep=1)
-  print("wrote", manager.save(checkpoint_number=0))
+  print("wrote", write_imported_checkpoint(model, f.output_dir))
 
 
 if __name__ == "__main__":
