@@ -26,6 +26,7 @@ import gin
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic.postprocess.panoptic import check_postprocessor_config
 from deeplab_panoptic.postprocess.panoptic import check_prediction_shapes
 from deeplab_panoptic.postprocess.panoptic import resize_mask_logits
 from deeplab_panoptic.postprocess.panoptic import slot_areas
@@ -63,9 +64,10 @@ class MaskWiseMergingPostprocessor:
                        f"{_CLASS_ACTIVATIONS}, got {class_activation!r}.")
     if not 0.0 < mask_threshold < 1.0:
       raise ValueError("MaskWiseMergingPostprocessor.mask_threshold must be in (0, 1).")
-    if label_divisor <= 0:
-      raise ValueError("MaskWiseMergingPostprocessor: label_divisor must be positive.")
-    self._is_thing = [bool(t) for t in is_thing]
+    if min_area < 0:
+      raise ValueError("MaskWiseMergingPostprocessor.min_area must be >= 0.")
+    self._is_thing = check_postprocessor_config("MaskWiseMergingPostprocessor", is_thing,
+                                                label_divisor, ignore_label)
     self._num_classes = len(self._is_thing)
     self._label_divisor = int(label_divisor)
     self._ignore_label = int(ignore_label)

@@ -90,3 +90,18 @@ def test_compiles_with_xla():
   compiled = tf.function(lambda o: post(o, (8, 8)), jit_compile=True)(outputs)
   for key in (common.PANOPTIC, common.SEGMENT_AREAS, common.SEGMENT_CLASSES):
     np.testing.assert_array_equal(compiled[key].numpy(), eager[key].numpy())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(is_thing=[]), "is_thing is empty"),
+    (dict(ignore_label=1), "ignore_label 1 must be >= num_classes"),
+    (dict(label_divisor=0), "label_divisor must be positive"),
+    (dict(mask_threshold=1.0), "mask_threshold must be in"),
+    (dict(min_area=-1), "min_area must be >= 0"),
+    (dict(class_activation="relu"), "class_activation must be one of"),
+])
+def test_bad_configuration_is_named(kwargs, match):
+  args = dict(is_thing=IS_THING, label_divisor=DIVISOR, ignore_label=IGNORE)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    MaskWiseMergingPostprocessor(**args)
