@@ -61,6 +61,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.training.init_checkpoint import resolve_checkpoint_path
+
 # deeplab2's fixed void prior probability (decoder/max_deeplab.add_bias_towards_void).
 DEEPLAB2_VOID_PRIOR = 0.9
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -485,11 +487,7 @@ def import_checkpoint(model: keras.Model, checkpoint: str) -> ImportReport:
       that leaves some of our inference variables out, or shape mismatches; each
       named.
   """
-  if tf.io.gfile.isdir(checkpoint):
-    latest = tf.train.latest_checkpoint(checkpoint)
-    if latest is None:
-      raise FileNotFoundError(f"No checkpoint in directory {checkpoint!r}.")
-    checkpoint = latest
+  checkpoint = resolve_checkpoint_path(checkpoint, "--deeplab2_checkpoint")
   try:
     reader = tf.train.load_checkpoint(checkpoint)
   except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
@@ -569,6 +567,20 @@ def build_model_from_gin() -> Tuple[keras.Model, Tuple[int, int]]:
   return model, size
 
 
+def build_model_from_flags(requirement: str) -> keras.Model:
+  """The importers' start: parses main.py's --gin_file / --gin_param and builds the model.
+
+  Args:
+    requirement: what the gin files must configure, for the usage error.
+  """
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from deeplab_panoptic.main import parse_gin  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.gin_file:
+    raise app.UsageError(f"at least one --gin_file ({requirement}) is required.")
+  parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_param)
+  return build_model_from_gin()[0]
+
+
 def write_imported_checkpoint(model: keras.Model, output_dir: str) -> str:
   """Writes ``model`` as our step-0 checkpoint (``ckpt-0``), the layout main.py reads."""
   step = tf.Variable(0, dtype=tf.int64)
@@ -579,14 +591,9 @@ def write_imported_checkpoint(model: keras.Model, output_dir: str) -> str:
 
 def main(argv):
   del argv
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from deeplab_panoptic.main import parse_gin  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  if not f.gin_file:
-    raise app.UsageError("at least one --gin_file (our model configured like the deeplab2 "
-                         "one) is required.")
-  parse_gin(f.gin_file, f.gin_param)
-  model, _ = build_model_from_gin()
+  model = build_model_from_flags("our model configured like the deeplab2 one")
   report = import_checkpoint(model, f.deeplab2_checkpoint)
   print(report.summary())
   print("wrote", write_imported_checkpoint(model, f.output_dir))

@@ -108,14 +108,9 @@ def load_pvtv2_state_dict(encoder: PVTv2Encoder,
 def main(argv):
   del argv
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from deeplab_panoptic.main import parse_gin  # pylint: disable=g-import-not-at-top
-  from deeplab_panoptic.tools.import_deeplab2 import build_model_from_gin, write_imported_checkpoint  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from deeplab_panoptic.tools.import_deeplab2 import build_model_from_flags, write_imported_checkpoint  # pylint: disable=g-import-not-at-top,g-multiple-import
   f = flags.FLAGS
-  if not f.gin_file:
-    raise app.UsageError("--gin_file (a recipe whose pixel encoder is PVTv2Encoder) is "
-                         "required.")
-  parse_gin(f.gin_file, f.gin_param)
-  model, _ = build_model_from_gin()
+  model = build_model_from_flags("a recipe whose pixel encoder is PVTv2Encoder")
   if not isinstance(model.pixel_encoder, PVTv2Encoder):
     raise app.UsageError(f"the recipe's pixel encoder is {type(model.pixel_encoder).__name__},"
                          " not PVTv2Encoder.")

@@ -23,17 +23,21 @@ ALL_PARTS = "all"
 LAYOUTS = ("ours", "model_garden_backbone")
 
 
-def resolve_checkpoint_path(path: str) -> str:
-  """A checkpoint prefix from a prefix or a directory; FileNotFoundError if none."""
+def resolve_checkpoint_path(path: str,
+                            setting: str = "ExperimentConfig.init_checkpoint") -> str:
+  """A checkpoint prefix from a prefix or a directory (its latest checkpoint).
+
+  Raises:
+    FileNotFoundError: naming ``setting``, when there is no checkpoint there.
+  """
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
-      raise FileNotFoundError(f"ExperimentConfig.init_checkpoint: no checkpoint in "
-                              f"directory {path!r}.")
+      raise FileNotFoundError(f"{setting}: no checkpoint in directory {path!r}.")
     return latest
   if not tf.io.gfile.exists(path + ".index"):
-    raise FileNotFoundError(f"ExperimentConfig.init_checkpoint: {path!r} is neither a "
-                            f"directory nor a checkpoint prefix ({path}.index is missing).")
+    raise FileNotFoundError(f"{setting}: {path!r} is neither a directory nor a "
+                            f"checkpoint prefix ({path}.index is missing).")
   return path
 
 
