@@ -26,7 +26,7 @@ import gin
 import tensorflow as tf
 
 from deeplab_panoptic import common
-from deeplab_panoptic.postprocess.panoptic import check_postprocessor_config
+from deeplab_panoptic.postprocess.panoptic import MaskClassificationPostprocessor
 from deeplab_panoptic.postprocess.panoptic import check_prediction_shapes
 from deeplab_panoptic.postprocess.panoptic import resize_mask_logits
 from deeplab_panoptic.postprocess.panoptic import slot_areas
@@ -36,7 +36,7 @@ _CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 
 
 @gin.configurable
-class MaskWiseMergingPostprocessor:
+class MaskWiseMergingPostprocessor(MaskClassificationPostprocessor):
   """Mask-wise merging, static shapes.
 
   Args:
@@ -66,20 +66,12 @@ class MaskWiseMergingPostprocessor:
       raise ValueError("MaskWiseMergingPostprocessor.mask_threshold must be in (0, 1).")
     if min_area < 0:
       raise ValueError("MaskWiseMergingPostprocessor.min_area must be >= 0.")
-    self._is_thing = check_postprocessor_config("MaskWiseMergingPostprocessor", is_thing,
-                                                label_divisor, ignore_label)
-    self._num_classes = len(self._is_thing)
-    self._label_divisor = int(label_divisor)
-    self._ignore_label = int(ignore_label)
+    super().__init__(is_thing, label_divisor, ignore_label)
     self._confidence_threshold = float(confidence_threshold)
     # sigmoid(x) > t  <=>  x > log(t / (1 - t)): compare logits, no sigmoid needed.
     self._mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))
     self._class_activation = class_activation
     self._min_area = int(min_area)
-
-  @property
-  def num_classes(self) -> int:
-    return self._num_classes
 
   def __call__(self, outputs: Dict[str, tf.Tensor],
                target_size: Tuple[int, int]) -> Dict[str, tf.Tensor]:

@@ -44,7 +44,8 @@ from deeplab_panoptic.postprocess.panoptic import check_prediction_shapes
 from deeplab_panoptic.postprocess.panoptic import resize_mask_logits
 from deeplab_panoptic.postprocess.panoptic import segment_areas
 from deeplab_panoptic.postprocess.panoptic import slot_areas
-from deeplab_panoptic.postprocess.panoptic import check_postprocessor_config
+from deeplab_panoptic.postprocess.panoptic import MaskClassificationPostprocessor
+from deeplab_panoptic.postprocess.panoptic import check_area_thresholds
 from deeplab_panoptic.postprocess.panoptic import panoptic_outputs
 from deeplab_panoptic.postprocess.panoptic import softmax_slot_classes
 
@@ -53,7 +54,7 @@ _OWNER = "MaskFormerMergingPostprocessor"
 
 
 @gin.configurable
-class MaskFormerMergingPostprocessor:
+class MaskFormerMergingPostprocessor(MaskClassificationPostprocessor):
   """MaskFormer's mask-wise merging panoptic inference, static shapes.
 
   Call it with the model outputs and the target size::
@@ -109,18 +110,14 @@ class MaskFormerMergingPostprocessor:
     if mask_activation not in _MASK_ACTIVATIONS:
       raise ValueError(f"{_OWNER}: mask_activation must be one of "
                        f"{_MASK_ACTIVATIONS}, got {mask_activation!r}.")
-    is_thing = check_postprocessor_config(_OWNER, is_thing, label_divisor, ignore_label,
-                                          thing_area_threshold, stuff_area_threshold)
+    super().__init__(is_thing, label_divisor, ignore_label)
+    check_area_thresholds(_OWNER, thing_area_threshold, stuff_area_threshold)
     if not 0.0 < mask_threshold <= 1.0:
       raise ValueError(f"{_OWNER}: mask_threshold must be in (0, 1].")
     if not 0.0 <= object_mask_threshold < 1.0:
       raise ValueError(f"{_OWNER}: object_mask_threshold must be in [0, 1).")
     if overlap_threshold < 0.0:
       raise ValueError(f"{_OWNER}: overlap_threshold must be >= 0.")
-    self._is_thing = is_thing
-    self._num_classes = len(is_thing)
-    self._label_divisor = int(label_divisor)
-    self._ignore_label = int(ignore_label)
     self._object_mask_threshold = float(object_mask_threshold)
     self._overlap_threshold = float(overlap_threshold)
     self._mask_threshold = float(mask_threshold)
@@ -129,10 +126,6 @@ class MaskFormerMergingPostprocessor:
     self._thing_area_threshold = int(thing_area_threshold)
     self._stuff_area_threshold = int(stuff_area_threshold)
     self._align_corners = bool(align_corners)
-
-  @property
-  def num_classes(self) -> int:
-    return self._num_classes
 
   def _slot_predictions(self, class_logits: tf.Tensor
                         ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -27,6 +27,7 @@ import gin
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic.postprocess import base
 
 # Logit given to disabled slots. deeplab2 uses -99999: low enough that exp()
 # underflows to 0 against any real logit, finite so softmax stays NaN-free even
@@ -183,28 +184,27 @@ def slot_map_to_panoptic(slot_map: tf.Tensor, classes: tf.Tensor,
   return semantic * label_divisor + instance, semantic, instance
 
 
-def check_postprocessor_config(owner: str, is_thing: Sequence[bool], label_divisor: int,
-                               ignore_label: int, thing_area_threshold: int = 0,
-                               stuff_area_threshold: int = 0) -> List[bool]:
-  """Validates the dataset arguments every panoptic postprocessor takes.
-
-  Returns:
-    ``is_thing`` as a list of bools.
-
-  Raises:
-    ValueError: naming ``owner`` and the offending argument.
-  """
-  is_thing = [bool(t) for t in is_thing]
-  if not is_thing:
-    raise ValueError(f"{owner}: is_thing is empty.")
-  if ignore_label < len(is_thing):
-    raise ValueError(f"{owner}: ignore_label {ignore_label} must be >= num_classes "
-                     f"({len(is_thing)}).")
-  if label_divisor <= 0:
-    raise ValueError(f"{owner}: label_divisor must be positive.")
+def check_area_thresholds(owner: str, thing_area_threshold: int,
+                          stuff_area_threshold: int) -> None:
+  """Raises ValueError, naming ``owner``, for a negative area threshold."""
   if thing_area_threshold < 0 or stuff_area_threshold < 0:
     raise ValueError(f"{owner}: area thresholds must be >= 0.")
-  return is_thing
+
+
+class MaskClassificationPostprocessor(base.Postprocessor):
+  """Base of the panoptic inferences over (class, mask) slot predictions.
+
+  Reads ``common.PRED_CLASS_LOGITS`` float ``[B, N, num_classes + 1]`` and
+  ``common.PRED_MASK_LOGITS`` float ``[B, h, w, N]``; declares panoptic, semantic
+  and instance results (every slot is a segment; a thing slot ``k`` is instance
+  ``k + 1``).
+  """
+
+  results = frozenset({base.PANOPTIC, base.SEMANTIC, base.INSTANCE})
+  required_outputs = (common.PRED_CLASS_LOGITS, common.PRED_MASK_LOGITS)
+
+  def predicted_classes(self, outputs) -> int:
+    return int(outputs[common.PRED_CLASS_LOGITS].shape[-1]) - 1
 
 
 def panoptic_outputs(slot_map: tf.Tensor, classes: tf.Tensor, scores: tf.Tensor,
@@ -237,7 +237,7 @@ def panoptic_outputs(slot_map: tf.Tensor, classes: tf.Tensor, scores: tf.Tensor,
 
 
 @gin.configurable
-class PixelwisePanopticPostprocessor:
+class PixelwisePanopticPostprocessor(MaskClassificationPostprocessor):
   """Per-pixel-argmax panoptic inference of MaX-DeepLab, static shapes.
 
   Call it with the model outputs and the target size::
@@ -290,13 +290,9 @@ class PixelwisePanopticPostprocessor:
     if mask_activation not in _MASK_ACTIVATIONS:
       raise ValueError(f"PixelwisePanopticPostprocessor: mask_activation must be "
                        f"one of {_MASK_ACTIVATIONS}, got {mask_activation!r}.")
-    is_thing = check_postprocessor_config(
-        "PixelwisePanopticPostprocessor", is_thing, label_divisor, ignore_label,
-        thing_area_threshold, stuff_area_threshold)
-    self._is_thing = is_thing
-    self._num_classes = len(is_thing)
-    self._label_divisor = int(label_divisor)
-    self._ignore_label = int(ignore_label)
+    super().__init__(is_thing, label_divisor, ignore_label)
+    check_area_thresholds("PixelwisePanopticPostprocessor", thing_area_threshold,
+                          stuff_area_threshold)
     self._class_threshold = float(class_threshold)
     self._pixel_threshold = float(pixel_confidence_threshold)
     self._thing_area_threshold = int(thing_area_threshold)
@@ -304,10 +300,6 @@ class PixelwisePanopticPostprocessor:
     self._mask_activation = mask_activation
     self._confidence_over_enabled = bool(confidence_over_enabled_slots)
     self._align_corners = bool(align_corners)
-
-  @property
-  def num_classes(self) -> int:
-    return self._num_classes
 
   def _slot_predictions(self, class_logits: tf.Tensor
                         ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
