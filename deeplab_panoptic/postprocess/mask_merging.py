@@ -13,8 +13,9 @@
 The sequential claim of Algorithm 1 equals "each pixel goes to the highest-scoring
 enabled slot whose binary mask covers it", which is one argmax over the sorted
 slots: static shapes and no loop, so it XLA-compiles. (The printed line
-``m_i = m[i] & (SemMsk > 0)`` contradicts the text; the unclaimed-pixel reading
-is implemented, see papers/RECIPES.md section 3.4.)
+``m_i = m[i] & (SemMsk > 0)`` contradicts the text of section 3.6 of the paper,
+arXiv 2109.03814, which removes "the overlaps with lower confidence score"; the
+unclaimed-pixel reading is implemented.)
 
 Outputs have the keys and meaning of ``PixelwisePanopticPostprocessor``.
 """
