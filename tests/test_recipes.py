@@ -14,19 +14,19 @@ from deeplab_panoptic import main as main_lib
 from deeplab_panoptic.training.experiment import ExperimentConfig
 from tests.conftest import REPO_ROOT
 
-RECIPES = sorted(os.path.relpath(p, REPO_ROOT) for p in
-                 glob.glob(os.path.join(REPO_ROOT, "experiments", "**", "*.gin"),
-                           recursive=True))
+RECIPE_FILES = sorted(os.path.relpath(p, REPO_ROOT) for p in
+                      glob.glob(os.path.join(REPO_ROOT, "experiments", "**", "*.gin"),
+                                recursive=True))
 
 
 def test_there_are_recipes_for_every_family():
-  names = " ".join(RECIPES)
+  names = " ".join(RECIPE_FILES)
   for family in ("kmax", "remax", "max_deeplab", "cmt_deeplab", "panoptic_segformer"):
     assert family in names, family
-  assert len(RECIPES) >= 40
+  assert len(RECIPE_FILES) >= 40
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", RECIPE_FILES)
 def test_recipe_parses_and_its_config_resolves(recipe, monkeypatch):
   monkeypatch.chdir(REPO_ROOT)
   gin.clear_config()
