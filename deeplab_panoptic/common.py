@@ -41,6 +41,15 @@ GT_PANOPTIC_ORIGINAL = "gt_panoptic_original"  # int32 [B, Hmax, Wmax], original
                                                #   resolution, padded with void.
 
 # ----------------------------------------------------------------------------
+# Features passed between model parts (modeling/base.py: "stride<s>" keys plus these).
+# ----------------------------------------------------------------------------
+MEMORY = "memory"                      # MaX-DeepLab memory path: float32 [B, N, C]
+                                       #   (activated), or a CMT-DeepLab state dict
+                                       #   (modeling/layers/cmt_layer.py).
+SEMANTIC_FEATURE = "semantic_feature"  # float32 [B, h, w, c] feature a pixel decoder
+                                       #   keeps apart for the semantic head.
+
+# ----------------------------------------------------------------------------
 # Model outputs.
 # ----------------------------------------------------------------------------
 PRED_CLASS_LOGITS = "pred_class_logits"        # float32 [B, N, num_classes + 1]
