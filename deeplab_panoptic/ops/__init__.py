@@ -1,0 +1,1 @@
+"""Tensor operations shared by every layer (data, modeling, losses, postprocess, export)."""

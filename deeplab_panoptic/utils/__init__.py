@@ -1,0 +1,1 @@
+"""Helpers below every other package: no TensorFlow at import time, no gin."""
