@@ -1,20 +1,28 @@
-"""The evaluation suite as one streaming accumulator: PQ, mIoU and instance AP.
+"""The evaluation suite as one streaming accumulator, built from the declared results.
 
-:class:`PanopticMetrics` is what the evaluator feeds, at any batch size and
-from any number of replicas: each replica's outputs are added image by image on
-the host, and accumulators of different hosts combine with :meth:`merge` or
-:meth:`merge_state` (PQ and mIoU states are per-class arrays that add up, AP
-collects per-image masks). Fed the same images in the same order, the numbers
-are those of the exact host computation (panopticapi's for PQ).
+:class:`SegmentationMetrics` holds one accumulator per result kind a
+postprocessor declares (``postprocess/base.py``): exact PQ (panopticapi
+semantics) for ``panoptic``, mIoU for ``semantic``, mask AP (pycocotools) for
+``instance``. The evaluator feeds it at any batch size and from any number of
+replicas, image by image on the host; accumulators of different hosts combine
+with :meth:`~SegmentationMetrics.merge` or :meth:`~SegmentationMetrics.merge_state`
+(PQ and mIoU states are per-class arrays that add up, AP collects per-image
+masks). Fed the same images in the same order, the numbers are those of the exact
+host computation. :class:`PanopticMetrics` is the panoptic-model case (all three).
 """
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
+from deeplab_panoptic import common
 from deeplab_panoptic.evaluation.panoptic_quality import PanopticQuality
 from deeplab_panoptic.evaluation.semantic_iou import MeanIoU
+
+PANOPTIC = common.PANOPTIC
+SEMANTIC = common.SEMANTIC
+INSTANCE = common.INSTANCE
 
 
 def scores_from_slots(pred_panoptic: np.ndarray, segment_scores: npt.ArrayLike,
@@ -51,8 +59,180 @@ def scores_from_slots(pred_panoptic: np.ndarray, segment_scores: npt.ArrayLike,
   return result
 
 
-class PanopticMetrics:
-  """PQ (panopticapi semantics), mIoU and, for datasets with things, mask AP.
+def instance_labels(instance: np.ndarray, segment_classes: npt.ArrayLike,
+                    label_divisor: int, ignore_label: int) -> np.ndarray:
+  """Instance ids as panoptic labels ``class * label_divisor + id``, void elsewhere.
+
+  Args:
+    instance: int [H, W] ``common.INSTANCE`` (0: no instance, ``k + 1``: slot ``k``).
+    segment_classes: int [N] ``common.SEGMENT_CLASSES`` of the image.
+    label_divisor: the label divisor.
+    ignore_label: the void class (pixels without an instance).
+
+  Returns:
+    int64 [H, W].
+
+  Raises:
+    ValueError: if an instance id is not a slot or its slot has no class.
+  """
+  classes = np.asarray(segment_classes, np.int64).reshape(-1)
+  instance = np.asarray(instance, np.int64)
+  ids = np.unique(instance[instance > 0])
+  if ids.size and (ids[-1] > classes.size or np.any(classes[ids - 1] < 0)):
+    raise ValueError(f"instance_labels: instance ids {ids.tolist()} need slots with a "
+                     f"class among {classes.size} segment classes.")
+  lookup = np.concatenate([[ignore_label * label_divisor], classes * label_divisor + np.arange(1, classes.size + 1)])
+  return lookup[np.clip(instance, 0, classes.size)]
+
+
+class SegmentationMetrics:
+  """The metrics of the declared results: PQ, mIoU, mask AP (any subset).
+
+  Example::
+
+      metrics = SegmentationMetrics({"semantic"}, info.num_classes, info.is_thing,
+                                    info.label_divisor, info.ignore_label)
+      metrics.update(gt_panoptic, {common.SEMANTIC: pred_semantic})
+      metrics.result()["mIoU"]
+  """
+
+  def __init__(self, results: Iterable[str], num_classes: int, is_thing: Sequence[bool],
+               label_divisor: int, ignore_label: int, compute_ap: Optional[bool] = None):
+    """Initialises the accumulators.
+
+    Args:
+      results: the declared result kinds (``"panoptic"``, ``"semantic"``,
+        ``"instance"``).
+      num_classes: number of classes.
+      is_thing: per train id.
+      label_divisor: panoptic label = semantic * label_divisor + instance.
+      ignore_label: the void class.
+      compute_ap: collect instance AP for an ``instance`` result; default: when
+        the dataset has things.
+    """
+    self.results = frozenset(results)
+    unknown = sorted(self.results - {PANOPTIC, SEMANTIC, INSTANCE})
+    if unknown or not self.results:
+      raise ValueError(f"SegmentationMetrics: results {sorted(self.results)}; use a "
+                       "non-empty subset of panoptic, semantic, instance.")
+    self.is_thing = np.asarray(is_thing, bool)
+    self.label_divisor = int(label_divisor)
+    self.ignore_label = int(ignore_label)
+    self.pq = (PanopticQuality(num_classes, is_thing, label_divisor, ignore_label)
+               if PANOPTIC in self.results else None)
+    self.miou = MeanIoU(num_classes, ignore_label) if SEMANTIC in self.results else None
+    if compute_ap is None:
+      compute_ap = bool(np.any(self.is_thing))
+    self.ap = None
+    if compute_ap and INSTANCE in self.results:
+      # pycocotools is imported only when AP is wanted.
+      from deeplab_panoptic.evaluation.instance_ap import InstanceAP  # pylint: disable=g-import-not-at-top
+      self.ap = InstanceAP(is_thing, label_divisor, ignore_label)
+
+  def _parts(self) -> Dict[str, Any]:
+    parts = {"pq": self.pq, "miou": self.miou, "ap": self.ap}
+    return {k: v for k, v in parts.items() if v is not None}
+
+  def reset(self) -> None:
+    """Clears every accumulator."""
+    for part in self._parts().values():
+      part.reset()
+
+  def update(self, gt_panoptic: npt.ArrayLike, predictions: Mapping[str, npt.ArrayLike]
+             ) -> None:
+    """Accumulates one image (maps ``[H, W]``, per-slot ``[N]``) or a batch.
+
+    Args:
+      gt_panoptic: int [H, W] or [B, H, W] ground-truth panoptic labels.
+      predictions: the postprocessor's results at the same resolution:
+        ``common.PANOPTIC`` (for PQ), ``common.SEMANTIC`` (for mIoU),
+        ``common.INSTANCE`` with ``SEGMENT_CLASSES`` and ``SEGMENT_SCORES`` (for AP).
+
+    Raises:
+      ValueError: on a missing result, inconsistent shapes or labels.
+    """
+    gt = np.asarray(gt_panoptic)
+    if gt.ndim not in (2, 3):
+      raise ValueError(f"SegmentationMetrics.update: ground truth {gt.shape} must be "
+                       "[H, W] or [B, H, W].")
+    batched = gt.ndim == 3
+    gt = gt if batched else gt[np.newaxis]
+    arrays = {}
+    for key in self._needed_keys():
+      if key not in predictions:
+        raise ValueError(f"SegmentationMetrics.update: {key!r} is needed for the "
+                         f"declared results {sorted(self.results)}.")
+      value = np.asarray(predictions[key])
+      arrays[key] = value if batched else value[np.newaxis]
+    for key in (PANOPTIC, SEMANTIC, INSTANCE):
+      if key in arrays and arrays[key].shape != gt.shape:
+        raise ValueError(f"SegmentationMetrics.update: ground truth {gt.shape} and "
+                         f"{key} {arrays[key].shape} differ in shape.")
+    if self.pq is not None:
+      self.pq.update(gt, arrays[PANOPTIC])
+    if self.miou is not None:
+      self.miou.update(gt // self.label_divisor, arrays[SEMANTIC])
+    if self.ap is not None:
+      self._update_ap(gt, arrays)
+
+  def _needed_keys(self):
+    keys = [k for k, part in ((PANOPTIC, self.pq), (SEMANTIC, self.miou)) if part is not None]
+    if self.ap is not None:
+      # Thing instances are read from the panoptic map when there is one (thing
+      # instance k + 1 is slot k in both), else from the instance map.
+      keys += [] if PANOPTIC in self.results else [INSTANCE, common.SEGMENT_CLASSES]
+      keys.append(common.SEGMENT_SCORES)
+    return keys
+
+  def _update_ap(self, gt: np.ndarray, arrays: Mapping[str, np.ndarray]) -> None:
+    scores = arrays[common.SEGMENT_SCORES].reshape(gt.shape[0], -1)
+    for i in range(gt.shape[0]):
+      if PANOPTIC in arrays:
+        labels = arrays[PANOPTIC][i]
+      else:
+        classes = arrays[common.SEGMENT_CLASSES].reshape(gt.shape[0], -1)[i]
+        labels = instance_labels(arrays[INSTANCE][i], classes, self.label_divisor,
+                                 self.ignore_label)
+      self.ap.update(gt[i], labels, scores_from_slots(
+          labels, scores[i], self.is_thing, self.label_divisor))
+
+  def state(self) -> Dict[str, Any]:
+    """Plain state of every accumulator (to combine across replicas or hosts)."""
+    return {name: part.state() for name, part in self._parts().items()}
+
+  def merge_state(self, state: Mapping[str, Any]) -> "SegmentationMetrics":
+    """Adds a state from :meth:`state`; returns self."""
+    for name, part in self._parts().items():
+      if name not in state:
+        raise ValueError(f"SegmentationMetrics.merge_state: the state has no {name!r} part.")
+      part.merge_state(state[name])
+    return self
+
+  def merge(self, other: "SegmentationMetrics") -> "SegmentationMetrics":
+    """Adds another accumulator with the same parts; returns self."""
+    mine, theirs = self._parts(), other._parts()  # pylint: disable=protected-access
+    if set(mine) != set(theirs):
+      raise ValueError(f"SegmentationMetrics.merge: parts {sorted(mine)} and "
+                       f"{sorted(theirs)} differ.")
+    for name, part in mine.items():
+      part.merge(theirs[name])
+    return self
+
+  def result(self) -> Dict[str, Any]:
+    """``{"PQ": PanopticQuality.result()?, "mIoU": fraction?, "AP": {...}?}``: the
+    entries of the accumulators that run (AP also None when not collected)."""
+    result: Dict[str, Any] = {}
+    if self.pq is not None:
+      result["PQ"] = self.pq.result()
+    if self.miou is not None:
+      result["mIoU"] = self.miou.result()["miou"]
+    if INSTANCE in self.results:
+      result["AP"] = self.ap.result() if self.ap is not None else None
+    return result
+
+
+class PanopticMetrics(SegmentationMetrics):
+  """PQ, mIoU and, for datasets with things, mask AP of a panoptic prediction.
 
   Example::
 
@@ -64,36 +244,10 @@ class PanopticMetrics:
 
   def __init__(self, num_classes: int, is_thing: Sequence[bool], label_divisor: int,
                ignore_label: int, compute_ap: Optional[bool] = None):
-    """Initialises the accumulators.
+    super().__init__((PANOPTIC, SEMANTIC, INSTANCE), num_classes, is_thing,
+                     label_divisor, ignore_label, compute_ap)
 
-    Args:
-      num_classes: number of classes.
-      is_thing: per train id.
-      label_divisor: panoptic label = semantic * label_divisor + instance.
-      ignore_label: the void class.
-      compute_ap: collect instance AP; default: when the dataset has things.
-    """
-    self.is_thing = np.asarray(is_thing, bool)
-    self.label_divisor = int(label_divisor)
-    self.ignore_label = int(ignore_label)
-    self.pq = PanopticQuality(num_classes, is_thing, label_divisor, ignore_label)
-    self.miou = MeanIoU(num_classes, ignore_label)
-    if compute_ap is None:
-      compute_ap = bool(np.any(self.is_thing))
-    self.ap = None
-    if compute_ap:
-      # pycocotools is imported only when AP is wanted.
-      from deeplab_panoptic.evaluation.instance_ap import InstanceAP  # pylint: disable=g-import-not-at-top
-      self.ap = InstanceAP(is_thing, label_divisor, ignore_label)
-
-  def reset(self) -> None:
-    """Clears every accumulator."""
-    self.pq.reset()
-    self.miou.reset()
-    if self.ap is not None:
-      self.ap.reset()
-
-  def update(self, gt_panoptic: npt.ArrayLike, pred_panoptic: npt.ArrayLike,
+  def update(self, gt_panoptic: npt.ArrayLike, pred_panoptic: npt.ArrayLike,  # pylint: disable=arguments-renamed
              pred_semantic: Optional[npt.ArrayLike] = None,
              segment_scores: Optional[npt.ArrayLike] = None) -> None:
     """Accumulates one image or a batch (all at the same resolution).
@@ -101,66 +255,20 @@ class PanopticMetrics:
     Args:
       gt_panoptic: int [H, W] or [B, H, W] ground-truth panoptic labels.
       pred_panoptic: int, same shape, predicted panoptic labels.
-      pred_semantic: int, same shape, ``common.SEMANTIC`` (train ids,
-        ignore_label where unlabelled); default: ``pred_panoptic // divisor``.
+      pred_semantic: int, same shape, ``common.SEMANTIC``; default:
+        ``pred_panoptic // divisor``.
       segment_scores: float [N] or [B, N], ``common.SEGMENT_SCORES``; required
-        when AP is collected.
-
-    Raises:
-      ValueError: on inconsistent shapes or labels.
+        when AP is collected (thing instance ``k + 1`` is slot ``k``).
     """
-    gt = np.asarray(gt_panoptic)
     pred = np.asarray(pred_panoptic)
-    if gt.shape != pred.shape or gt.ndim not in (2, 3):
-      raise ValueError(f"PanopticMetrics.update: ground truth {gt.shape} and prediction "
-                       f"{pred.shape} must both be [H, W] or [B, H, W].")
-    single = gt.ndim == 2
-    if single:
-      gt, pred = gt[np.newaxis], pred[np.newaxis]
-    if pred_semantic is None:
-      semantic = pred // self.label_divisor
-    else:
-      semantic = np.asarray(pred_semantic).reshape(pred.shape)
+    if np.shape(gt_panoptic) != pred.shape:
+      raise ValueError(f"PanopticMetrics.update: ground truth {np.shape(gt_panoptic)} and "
+                       f"prediction {pred.shape} must both be [H, W] or [B, H, W].")
+    semantic = (pred // self.label_divisor if pred_semantic is None
+                else np.asarray(pred_semantic).reshape(pred.shape))
+    predictions = {PANOPTIC: pred, SEMANTIC: semantic}
     if self.ap is not None:
       if segment_scores is None:
         raise ValueError("PanopticMetrics.update: segment_scores are needed for AP.")
-      scores = np.asarray(segment_scores)
-      scores = scores.reshape(gt.shape[0], -1)
-    self.pq.update(gt, pred)
-    self.miou.update(gt // self.label_divisor, semantic)
-    if self.ap is not None:
-      for i in range(gt.shape[0]):
-        self.ap.update(gt[i], pred[i], scores_from_slots(
-            pred[i], scores[i], self.is_thing, self.label_divisor))
-
-  def state(self) -> Dict[str, Any]:
-    """Plain state of every accumulator (to combine across replicas or hosts)."""
-    state = {"pq": self.pq.state(), "miou": self.miou.state()}
-    if self.ap is not None:
-      state["ap"] = self.ap.state()
-    return state
-
-  def merge_state(self, state: Mapping[str, Any]) -> "PanopticMetrics":
-    """Adds a state from :meth:`state`; returns self."""
-    self.pq.merge_state(state["pq"])
-    self.miou.merge_state(state["miou"])
-    if self.ap is not None:
-      if "ap" not in state:
-        raise ValueError("PanopticMetrics.merge_state: the state has no AP part.")
-      self.ap.merge_state(state["ap"])
-    return self
-
-  def merge(self, other: "PanopticMetrics") -> "PanopticMetrics":
-    """Adds another accumulator; returns self."""
-    self.pq.merge(other.pq)
-    self.miou.merge(other.miou)
-    if (self.ap is None) != (other.ap is None):
-      raise ValueError("PanopticMetrics.merge: only one accumulator collects AP.")
-    if self.ap is not None:
-      self.ap.merge(other.ap)
-    return self
-
-  def result(self) -> Dict[str, Any]:
-    """``{"PQ": PanopticQuality.result(), "mIoU": fraction, "AP": {...} or None}``."""
-    return {"PQ": self.pq.result(), "mIoU": self.miou.result()["miou"],
-            "AP": self.ap.result() if self.ap is not None else None}
+      predictions[common.SEGMENT_SCORES] = np.asarray(segment_scores)
+    super().update(gt_panoptic, predictions)

@@ -1,4 +1,4 @@
-"""SavedModel export: images in three encodings, panoptic maps at the original resolution out.
+"""SavedModel export: images in three encodings, the declared result maps at the original resolution out.
 
 Signatures (every one returns the same outputs, see :class:`PanopticExportModule`):
 
@@ -32,6 +32,7 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.data import tfrecord
+from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess import resolution
 
 # Per mask slot: the panoptic label (semantic * label_divisor + instance) of the
@@ -90,10 +91,16 @@ class _Untracked:
 
 @gin.configurable(denylist=["model", "postprocessor", "dataset_info"])
 class PanopticExportModule(tf.Module):
-  """Serving module around a trained model and its panoptic postprocessor.
+  """Serving module around a trained model and its postprocessor.
 
-  Outputs of every signature (``B`` images, ``N`` mask slots, ``H x W`` the
-  largest original size in the request -- the image size when all agree):
+  The outputs follow the results the postprocessor declares
+  (``postprocess/base.py``; ``export_info()["results"]`` lists them): ``panoptic``
+  gives ``panoptic`` and the ``segment_*`` tensors, ``semantic`` gives
+  ``semantic``, ``instance`` gives ``instance``, ``segment_classes`` and
+  ``segment_scores``; every signature also returns ``original_height`` /
+  ``original_width``. For a panoptic model (``B`` images, ``N`` mask slots,
+  ``H x W`` the largest original size in the request -- the image size when all
+  agree):
 
   * ``panoptic`` int32 ``[B, H, W]``: ``semantic * label_divisor + instance``,
     void ``ignore_label * label_divisor`` (also the padding).
@@ -111,9 +118,8 @@ class PanopticExportModule(tf.Module):
 
   Args:
     model: the trained model.
-    postprocessor: ``(outputs, (H, W)) -> dict`` with ``common.PANOPTIC``,
-      ``SEMANTIC``, ``INSTANCE``, ``SEGMENT_CLASSES``, ``SEGMENT_SCORES`` and
-      optionally ``SEGMENT_IDS`` (per slot, at the model input size). Without
+    postprocessor: a ``postprocess.base.Postprocessor``; a panoptic one may also
+      return ``SEGMENT_IDS`` (per slot, at the model input size). Without
       ``SEGMENT_IDS`` the per-pixel-argmax convention is assumed: a thing slot
       ``i`` has instance ``i + 1``, stuff slots instance 0.
     input_size: model input size (H, W), the evaluation crop size.
@@ -137,6 +143,8 @@ class PanopticExportModule(tf.Module):
                      for v in layer.weights}
     self.inference_variables = [v for v in model.weights if id(v) not in training_only]
     self.postprocessor = postprocessor
+    self.results = postprocess_base.check_results(type(postprocessor).__name__,
+                                                  postprocessor.results)
     self.input_size = (int(input_size[0]), int(input_size[1]))
     self._resize = (eval_resize, short_side, max_long_side)
     info = dataset_info if dataset_info is not None else dataset_info_lib.dataset_info()
@@ -147,6 +155,7 @@ class PanopticExportModule(tf.Module):
         "eval_resize": eval_resize, "short_side": short_side,
         "max_long_side": max_long_side,
         "signatures": SIGNATURE_INPUTS,
+        "results": sorted(self.results),
     })
 
   @property
@@ -224,26 +233,23 @@ class PanopticExportModule(tf.Module):
     info = self._info
     # The evaluator calls the same two functions: evaluation scores the served maps.
     predictions = resolution.infer_at_input_size(self.model, self.postprocessor, inputs)
-    maps = tf.stack([predictions[common.PANOPTIC], predictions[common.SEMANTIC],
-                     predictions[common.INSTANCE]], axis=-1)           # [B, H, W, 3]
+    map_keys = postprocess_base.result_maps(self.results)
+    voids = postprocess_base.map_void_values(self.results, info.label_divisor,
+                                             info.ignore_label)
+    maps = tf.stack([predictions[key] for key in map_keys], axis=-1)   # [B, H, W, M]
     maps = resolution.restore_original_resolution(
-        maps, resized, original,
-        void=(info.ignore_label * info.label_divisor, info.ignore_label, 0))
-    panoptic = maps[..., 0]
-    classes = predictions[common.SEGMENT_CLASSES]
-    segment_ids = self._segment_ids(predictions)
-    areas = self._areas(panoptic, segment_ids)
-    return {
-        common.PANOPTIC: panoptic,
-        common.SEMANTIC: maps[..., 1],
-        common.INSTANCE: maps[..., 2],
-        common.SEGMENT_CLASSES: classes,
-        common.SEGMENT_SCORES: predictions[common.SEGMENT_SCORES],
-        SEGMENT_IDS: tf.where(areas > 0, segment_ids, -1),
-        common.SEGMENT_AREAS: areas,
-        common.ORIGINAL_HEIGHT: original[:, 0],
-        common.ORIGINAL_WIDTH: original[:, 1],
-    }
+        maps, resized, original, void=[voids[key] for key in map_keys])
+    outputs = {key: maps[..., c] for c, key in enumerate(map_keys)}
+    outputs.update({key: predictions[key]
+                    for key in postprocess_base.result_slot_tensors(self.results)})
+    if postprocess_base.PANOPTIC in self.results:
+      segment_ids = self._segment_ids(predictions)
+      areas = self._areas(outputs[common.PANOPTIC], segment_ids)
+      outputs[SEGMENT_IDS] = tf.where(areas > 0, segment_ids, -1)
+      outputs[common.SEGMENT_AREAS] = areas
+    outputs[common.ORIGINAL_HEIGHT] = original[:, 0]
+    outputs[common.ORIGINAL_WIDTH] = original[:, 1]
+    return outputs
 
   def _segment_ids(self, predictions: Dict[str, tf.Tensor]) -> tf.Tensor:
     """int32 ``[B, N]`` panoptic label of each slot's segment, -1 for dropped slots."""

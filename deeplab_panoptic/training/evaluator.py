@@ -1,13 +1,17 @@
-"""Orbit evaluator: panoptic inference in the graph, exact metrics on the host.
+"""Orbit evaluator: inference in the graph, exact metrics on the host, by declaration.
 
-Each eval step runs the model and the panoptic postprocessor on every replica;
-the host crops and resizes each prediction to its image's original size with
-the function the exported SavedModel serves with (``postprocess/resolution.py``:
-evaluation scores exactly the maps a served model returns) and feeds :class:`~deeplab_panoptic.evaluation.metrics.PanopticMetrics` (exact PQ
-with panopticapi semantics, mIoU, and mask AP when the dataset has things).
-With ``PanopticEvaluator.write_predictions = True`` (gin) the predictions are
-also written in COCO panoptic format under ``<model_dir>/eval/predictions/``
-(``panoptic/*.png`` + ``panoptic.json``), ready for ``coco_pq`` or a server.
+Each eval step runs the model and its postprocessor on every replica; the host
+crops and resizes each declared result map to its image's original size with the
+function the exported SavedModel serves with (``postprocess/resolution.py``:
+evaluation scores exactly the maps a served model returns) and feeds
+:class:`~deeplab_panoptic.evaluation.metrics.SegmentationMetrics`, built from the
+results the postprocessor declares (``postprocess/base.py``): exact PQ with
+panopticapi semantics for ``panoptic``, mIoU for ``semantic``, mask AP for
+``instance`` (when the dataset has things). ``results.json`` and TensorBoard get
+the keys of those metrics only. With ``PanopticEvaluator.write_predictions = True``
+(gin) panoptic predictions are also written in COCO panoptic format under
+``<model_dir>/eval/predictions/`` (``panoptic/*.png`` + ``panoptic.json``), ready
+for ``coco_pq`` or a server.
 """
 
 import json
@@ -25,7 +29,8 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import inspect as inspect_lib
 from deeplab_panoptic.data.dataset_info import DatasetInfo
 from deeplab_panoptic.evaluation.coco_format import CocoPanopticWriter
-from deeplab_panoptic.evaluation.metrics import PanopticMetrics
+from deeplab_panoptic.evaluation.metrics import SegmentationMetrics
+from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess import resolution
 from deeplab_panoptic.training import files
 
@@ -37,18 +42,18 @@ _restore = tf.function(resolution.restore_original_resolution, reduce_retracing=
 
 @gin.configurable
 class PanopticEvaluator(orbit.StandardEvaluator):
-  """Runs the model and the panoptic postprocessor, accumulates the metrics on the host.
+  """Runs the model and its postprocessor, accumulates the declared metrics on the host.
 
   Args:
     strategy: the distribution strategy.
-    model: the MaskTransformer.
-    postprocessor: ``(outputs, (H, W)) -> {common.PANOPTIC, common.SEMANTIC,
-      common.SEGMENT_SCORES, ...}``.
+    model: the model (any meta-architecture).
+    postprocessor: a ``postprocess.base.Postprocessor``: ``(outputs, (H, W)) ->``
+      its declared results.
     eval_dataset: a (distributed) dataset of eval batches.
     dataset_info: the dataset description.
     model_dir: results go to ``<model_dir>/eval/results.json``.
     global_step: the training step variable (written into the results).
-    write_predictions: also write COCO panoptic predictions (PNG + JSON with the
+    write_predictions: for a panoptic postprocessor, also write COCO panoptic predictions (PNG + JSON with the
       dataset's category ids) under ``<model_dir>/eval/predictions/``, replaced at
       every evaluation. Needs ``common.IMAGE_NAME`` in the eval batches.
     compute_ap: collect mask AP (host cost: ~2 ms per 128x128 image, see
@@ -71,6 +76,13 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     self.strategy = strategy
     self.model = model
     self.postprocessor = postprocessor
+    self.results = postprocess_base.check_results(type(postprocessor).__name__,
+                                                  postprocessor.results)
+    self._maps = postprocess_base.result_maps(self.results)
+    self._slot_tensors = postprocess_base.result_slot_tensors(self.results)
+    if write_predictions and postprocess_base.PANOPTIC not in self.results:
+      raise ValueError("PanopticEvaluator.write_predictions writes COCO panoptic files, "
+                       f"but {type(postprocessor).__name__} declares {sorted(self.results)}.")
     self.info = dataset_info
     self.model_dir = model_dir
     self.global_step = global_step
@@ -97,8 +109,9 @@ class PanopticEvaluator(orbit.StandardEvaluator):
           self.predictions_dir, info.dataset_id_from_train_id(), info.label_divisor,
           info.ignore_label, categories=info.coco_categories())
     self._summary_pictures = []
-    return PanopticMetrics(info.num_classes, info.is_thing, info.label_divisor,
-                           info.ignore_label, compute_ap=self.compute_ap)
+    return SegmentationMetrics(self.results, info.num_classes, info.is_thing,
+                               info.label_divisor, info.ignore_label,
+                               compute_ap=self.compute_ap)
 
   def eval_step(self, iterator):
     def step_fn(batch):
@@ -113,9 +126,7 @@ class PanopticEvaluator(orbit.StandardEvaluator):
                                  tf.uint8)
       return {
           **extra,
-          "panoptic": predictions[common.PANOPTIC],
-          "semantic": predictions[common.SEMANTIC],
-          "segment_scores": predictions[common.SEGMENT_SCORES],
+          **{key: predictions[key] for key in self._maps + self._slot_tensors},
           "gt": batch[common.GT_PANOPTIC_ORIGINAL],
           "resized_height": batch[common.RESIZED_HEIGHT],
           "resized_width": batch[common.RESIZED_WIDTH],
@@ -133,11 +144,12 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       outputs = dict(outputs, image_name=batch[common.IMAGE_NAME])
     return outputs
 
-  def eval_reduce(self, state: PanopticMetrics, step_outputs):
+  def eval_reduce(self, state: SegmentationMetrics, step_outputs):
     local = {k: self.strategy.experimental_local_results(v) for k, v in step_outputs.items()}
     info = self.info
-    void = (info.ignore_label * info.label_divisor, info.ignore_label)
-    for replica in range(len(local["panoptic"])):
+    voids = postprocess_base.map_void_values(self.results, info.label_divisor,
+                                             info.ignore_label)
+    for replica in range(len(local["gt"])):
       arrays = {k: np.asarray(v[replica]) for k, v in local.items()}
       # Padding examples that complete the last batch have original size 0.
       keep = np.flatnonzero(arrays["original_height"] > 0)
@@ -147,24 +159,54 @@ class PanopticEvaluator(orbit.StandardEvaluator):
                            arrays["original_width"][keep]], axis=-1).astype(np.int32)
       resized = np.stack([arrays["resized_height"][keep],
                           arrays["resized_width"][keep]], axis=-1).astype(np.int32)
-      maps = np.stack([arrays["panoptic"][keep], arrays["semantic"][keep]], axis=-1)
+      maps = np.stack([arrays[key][keep] for key in self._maps], axis=-1)
       # The serving graph's own undoing of the preprocessing (one function for
       # both), on the host CPU: the maps scored here are the maps a SavedModel serves.
       with tf.device("/CPU:0"):
-        maps = _restore(maps.astype(np.int32), resized, original, void).numpy()
+        maps = _restore(maps.astype(np.int32), resized, original,
+                        [voids[key] for key in self._maps]).numpy()
       for j, i in enumerate(keep):
         oh, ow = original[j]
-        pred, semantic = maps[j, :oh, :ow, 0], maps[j, :oh, :ow, 1]
-        state.update(arrays["gt"][i][:oh, :ow], pred, semantic,
-                     arrays["segment_scores"][i])
-        if self.keep_predictions:
-          self.predictions[self._name(arrays, i)] = pred
-        if len(self._summary_pictures) < self.num_summary_images and "image" in arrays:
-          self._summary_pictures.append(self._summary_picture(
-              arrays["image"][i], resized[j], (oh, ow), arrays["gt"][i][:oh, :ow], pred))
-        if self._writer is not None:
-          self._writer.add(self._name(arrays, i), pred)
+        image_maps = {key: maps[j, :oh, :ow, c] for c, key in enumerate(self._maps)}
+        self._add_image(state, arrays, i, image_maps, arrays["gt"][i][:oh, :ow],
+                        (resized[j], (oh, ow)))
     return state
+
+  def _add_image(self, state: SegmentationMetrics, arrays: Dict[str, np.ndarray], i: int,
+                 image_maps: Dict[str, np.ndarray], gt: np.ndarray, sizes) -> None:
+    """Scores image ``i`` of a replica's batch and keeps / writes / pictures it.
+
+    Args:
+      state: the accumulator.
+      arrays: the replica's step outputs (numpy).
+      i: the image's index in them.
+      image_maps: declared map key -> int ``[H0, W0]`` at the original resolution.
+      gt: int ``[H0, W0]`` ground-truth panoptic labels.
+      sizes: ((resized h, w), (H0, W0)).
+    """
+    predictions = dict(image_maps, **{key: arrays[key][i] for key in self._slot_tensors})
+    state.update(gt, predictions)
+    shown = self._shown_map(image_maps)
+    if self.keep_predictions:
+      self.predictions[self._name(arrays, i)] = shown
+    if len(self._summary_pictures) < self.num_summary_images and "image" in arrays:
+      # Like with like: a semantic-only prediction is pictured beside the
+      # ground truth's classes.
+      shown_gt = (gt if common.PANOPTIC in image_maps
+                  else (gt // self.info.label_divisor) * self.info.label_divisor)
+      self._summary_pictures.append(self._summary_picture(
+          arrays["image"][i], sizes[0], sizes[1], shown_gt, shown))
+    if self._writer is not None:
+      self._writer.add(self._name(arrays, i), image_maps[common.PANOPTIC])
+
+  def _shown_map(self, image_maps: Dict[str, np.ndarray]) -> np.ndarray:
+    """The panoptic map, or for a semantic-only model the semantic map as panoptic
+    labels (``class * label_divisor``): what is kept and pictured per image."""
+    if common.PANOPTIC in image_maps:
+      return image_maps[common.PANOPTIC]
+    if common.SEMANTIC in image_maps:
+      return image_maps[common.SEMANTIC].astype(np.int64) * self.info.label_divisor
+    return image_maps[common.INSTANCE]
 
   def _summary_picture(self, image: np.ndarray, resized, original, gt: np.ndarray,
                        pred: np.ndarray) -> np.ndarray:
@@ -205,25 +247,39 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     name = arrays["image_name"][i]
     return name.decode("utf-8") if isinstance(name, bytes) else str(name)
 
-  def eval_end(self, state: PanopticMetrics):
-    metrics = state.result()
-    result = metrics["PQ"]
-    step = int(self.global_step.numpy())
+  def _summary(self, metrics: Dict, step: int) -> Dict:
+    """``results.json``'s content (percent) from ``SegmentationMetrics.result()``."""
     names = self.info.class_names
     summary = {"step": step}
-    for group, key in (("All", ""), ("Things", "_thing"), ("Stuff", "_stuff")):
-      for metric in ("pq", "sq", "rq"):
-        summary[f"{metric.upper()}{key}"] = 100.0 * result[group][metric]
-      summary[f"n{key or '_all'}"] = result[group]["n"]
-    summary["mIoU"] = 100.0 * metrics["mIoU"]
-    if metrics["AP"] is not None:
+    if "PQ" in metrics:
+      result = metrics["PQ"]
+      for group, key in (("All", ""), ("Things", "_thing"), ("Stuff", "_stuff")):
+        for metric in ("pq", "sq", "rq"):
+          summary[f"{metric.upper()}{key}"] = 100.0 * result[group][metric]
+        summary[f"n{key or '_all'}"] = result[group]["n"]
+    if "mIoU" in metrics:
+      summary["mIoU"] = 100.0 * metrics["mIoU"]
+    if metrics.get("AP") is not None:
       # COCO's -1 ("no ground-truth instance") stays -1 rather than -100.
       for name, value in (("AP", "ap"), ("AP50", "ap50"), ("AP75", "ap75")):
         ap = metrics["AP"][value]
         summary[name] = 100.0 * ap if ap >= 0 else -1.0
-    summary["per_class"] = {
-        names[int(c)]: {m.upper(): 100.0 * v for m, v in r.items()}
-        for c, r in result["per_class"].items()}
+    if "PQ" in metrics:
+      summary["per_class"] = {
+          names[int(c)]: {m.upper(): 100.0 * v for m, v in r.items()}
+          for c, r in metrics["PQ"]["per_class"].items()}
+    if "per_class_IoU" in metrics:
+      summary["per_class_IoU"] = {names[c]: 100.0 * float(v)
+                                  for c, v in enumerate(metrics["per_class_IoU"])
+                                  if not np.isnan(v)}
+    return summary
+
+  def eval_end(self, state: SegmentationMetrics):
+    metrics = state.result()
+    if state.miou is not None:
+      metrics["per_class_IoU"] = state.miou.per_class_iou()
+    step = int(self.global_step.numpy())
+    summary = self._summary(metrics, step)
     if self._writer is not None:
       path = self._writer.close()
       summary["predictions_json"] = path
@@ -231,14 +287,14 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     files.write_json_atomic(os.path.join(self.model_dir, "eval", "results.json"), summary)
     self._write_image_summaries(step)
     self.last_results = summary
-    msg = (f"eval  | step {step:>6d} | PQ {summary['PQ']:.2f} | SQ {summary['SQ']:.2f} | "
-           f"RQ {summary['RQ']:.2f} | PQ_thing {summary['PQ_thing']:.2f} | "
-           f"PQ_stuff {summary['PQ_stuff']:.2f} | mIoU {summary['mIoU']:.2f}")
-    if "AP" in summary:
-      msg += f" | AP {summary['AP']:.2f}"
+    shown = [k for k in ("PQ", "SQ", "RQ", "PQ_thing", "PQ_stuff", "mIoU", "AP")
+             if k in summary]
+    msg = f"eval  | step {step:>6d} | " + " | ".join(f"{k} {summary[k]:.2f}" for k in shown)
     print(msg, flush=True)
     logging.info(msg)
     logs = {k: v for k, v in summary.items() if isinstance(v, float)}
-    for name, r in summary["per_class"].items():
+    for name, r in summary.get("per_class", {}).items():
       logs[f"per_class_PQ/{name}"] = r["PQ"]
+    for name, iou in summary.get("per_class_IoU", {}).items():
+      logs[f"per_class_IoU/{name}"] = iou
     return logs

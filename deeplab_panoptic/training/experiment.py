@@ -16,6 +16,7 @@ from deeplab_panoptic.data import reader
 from deeplab_panoptic.export import saved_model
 from deeplab_panoptic.losses.mask_losses import MaskTransformerLoss
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
+from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess.panoptic import PixelwisePanopticPostprocessor
 from deeplab_panoptic.training import evaluator as evaluator_lib
 from deeplab_panoptic.training import files
@@ -68,12 +69,18 @@ class ExperimentConfig:
     prepare_data: optional callable run before anything reads data (the shapes
       quickstart generates its dataset here when missing).
     continuous_eval_timeout: seconds continuous_eval waits for a new checkpoint.
+    model: the meta-architecture class, built with no arguments (its parts come
+      from gin): ``@MaskTransformer`` (a set of (class, mask) predictions) or
+      ``@SemanticSegmenter`` (per-pixel classes).
     loss: the loss class, ``(batch, outputs) -> {name: scalar}`` with
       common.LOSS_TOTAL (``@MaskTransformerLoss`` for the DeepLab family,
       ``@PanopticSegFormerLoss`` for Panoptic SegFormer).
-    postprocessor: the panoptic inference class, called with ``is_thing``,
+    postprocessor: the inference class (a ``postprocess.base.Postprocessor``: it
+      declares the results it makes, and evaluation, results.json and the
+      SavedModel follow that declaration), called with ``is_thing``,
       ``label_divisor`` and ``ignore_label`` of the dataset
-      (``@PixelwisePanopticPostprocessor``, MaX-DeepLab's per-pixel argmax;
+      (``@SemanticPostprocessor`` for per-pixel models;
+      ``@PixelwisePanopticPostprocessor``, MaX-DeepLab's per-pixel argmax;
       ``@MaskWiseMergingPostprocessor``, Panoptic SegFormer's Algorithm 1; or
       ``@MaskFormerMergingPostprocessor``, MaskFormer's mask-wise merging, which
       CMT-DeepLab uses).
@@ -105,6 +112,7 @@ class ExperimentConfig:
   jit_compile: bool = False
   prepare_data: Optional[Callable[[], None]] = None
   continuous_eval_timeout: int = 3600
+  model: Callable[[], keras.Model] = MaskTransformer
   loss: Callable[[], Callable] = MaskTransformerLoss
   checkpoint_data_iterator: bool = False
   deterministic_ops: bool = False
@@ -140,20 +148,23 @@ class Experiment:
     self.precision = None if mode in ("export", "summary") else self.config.mixed_precision
     set_precision_policy(self.precision)
     with self.strategy.scope():
-      self.model = MaskTransformer()
+      self.model = self.config.model()
       self.postprocessor = self.config.postprocessor(
           is_thing=self.info.is_thing, label_divisor=self.info.label_divisor,
           ignore_label=self.info.ignore_label)
+      if not isinstance(self.postprocessor, postprocess_base.Postprocessor):
+        raise TypeError(f"ExperimentConfig.postprocessor built a "
+                        f"{type(self.postprocessor).__name__}, not a "
+                        "postprocess.base.Postprocessor (which declares its results).")
       self._build_model()
 
   def _build_model(self) -> None:
+    """Creates every variable and checks the model against the postprocessor's
+    declaration and the dataset (outputs it reads, number of classes)."""
     h, w = self.config.eval_input_size
     self.model(tf.zeros([1, h, w, 3]), training=True)  # Creates every variable.
-    logits = self.model(tf.zeros([1, h, w, 3]), training=False)[common.PRED_CLASS_LOGITS]
-    if logits.shape[-1] != self.info.num_classes + 1:
-      raise ValueError(
-          f"The model predicts {logits.shape[-1] - 1} classes but dataset "
-          f"{self.info.name!r} has {self.info.num_classes}: set NUM_CLASSES in the gin file.")
+    outputs = self.model(tf.zeros([1, h, w, 3]), training=False)
+    self.postprocessor.check_model_outputs(outputs)
 
   # --------------------------------------------------------------------------
   def summary(self) -> dict:

@@ -19,6 +19,7 @@ from deeplab_panoptic.data.dataset_info import SHAPES
 from deeplab_panoptic.evaluation import coco_format
 from deeplab_panoptic.evaluation import coco_pq
 from deeplab_panoptic.evaluation.panoptic_quality import PanopticQuality
+from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.training.evaluator import PanopticEvaluator
 
 DIV, VOID = SHAPES.label_divisor, SHAPES.ignore_label * SHAPES.label_divisor
@@ -58,13 +59,28 @@ def _examples():
   return features, gts[:3], preds, names[:3]
 
 
-def _postprocessor(outputs, size):
-  del size
-  panoptic = tf.cast(outputs["image"][..., 0], tf.int32)
-  batch = tf.shape(panoptic)[0]
-  return {common.PANOPTIC: panoptic, common.SEMANTIC: panoptic // DIV,
-          common.SEGMENT_SCORES: tf.tile(tf.linspace(0.9, 0.4, NUM_SLOTS)[tf.newaxis],
-                                         [batch, 1])}
+class _PassThrough(postprocess_base.Postprocessor):
+  """Reads the predicted panoptic map from the first image channel."""
+
+  results = frozenset({"panoptic", "semantic", "instance"})
+  required_outputs = ("image",)
+
+  def predicted_classes(self, outputs):
+    return self.num_classes
+
+  def __call__(self, outputs, target_size):
+    del target_size
+    panoptic = tf.cast(outputs["image"][..., 0], tf.int32)
+    batch = tf.shape(panoptic)[0]
+    slots = tf.zeros([batch, NUM_SLOTS], tf.int32)
+    return {common.PANOPTIC: panoptic, common.SEMANTIC: panoptic // DIV,
+            common.INSTANCE: panoptic % DIV, common.SEGMENT_CLASSES: slots,
+            common.SEGMENT_AREAS: slots,
+            common.SEGMENT_SCORES: tf.tile(tf.linspace(0.9, 0.4, NUM_SLOTS)[tf.newaxis],
+                                           [batch, 1])}
+
+
+_postprocessor = _PassThrough(SHAPES.is_thing, DIV, SHAPES.ignore_label)
 
 
 def test_evaluator_results_and_predictions(tmp_path):
@@ -112,3 +128,70 @@ def test_evaluator_results_and_predictions(tmp_path):
                               num_workers=1)
   assert 100 * result["All"]["pq"] == pytest.approx(results["PQ"], abs=1e-12)
   assert 100 * result["Things"]["pq"] == pytest.approx(results["PQ_thing"], abs=1e-12)
+
+
+class _SemanticPassThrough(postprocess_base.Postprocessor):
+  """Semantic-only: the predicted class is the first image channel // DIV."""
+
+  results = frozenset({"semantic"})
+  required_outputs = ("image",)
+
+  def predicted_classes(self, outputs):
+    return self.num_classes
+
+  def __call__(self, outputs, target_size):
+    del target_size
+    return {common.SEMANTIC: tf.cast(outputs["image"][..., 0], tf.int32) // DIV}
+
+
+def _numpy_miou(gts, preds, num_classes, ignore):
+  """mIoU from a confusion matrix over labelled pixels (independent of MeanIoU)."""
+  confusion = np.zeros((num_classes, num_classes + 1), np.int64)
+  for gt, pred in zip(gts, preds):
+    g, p = gt.reshape(-1), pred.reshape(-1)
+    labelled = g != ignore
+    p = np.where(p[labelled] >= num_classes, num_classes, p[labelled])
+    np.add.at(confusion, (g[labelled], p), 1)
+  ious = []
+  for c in range(num_classes):
+    tp = confusion[c, c]
+    union = confusion[c].sum() + confusion[:, c].sum() - tp
+    if union:
+      ious.append(tp / union)
+  return 100.0 * float(np.mean(ious)), confusion
+
+
+def test_semantic_only_evaluator_reports_miou_from_its_declaration(tmp_path):
+  """A semantic-only postprocessor: mIoU (numpy confusion matrix), no PQ / AP keys."""
+  features, gts, preds, _ = _examples()
+  strategy = tf.distribute.get_strategy()
+  dataset = tf.data.Dataset.from_tensor_slices(features).batch(2)
+  post = _SemanticPassThrough(SHAPES.is_thing, DIV, SHAPES.ignore_label)
+  evaluator = PanopticEvaluator(
+      strategy, lambda images, training: {"image": images}, post,
+      strategy.experimental_distribute_dataset(dataset), SHAPES, str(tmp_path),
+      tf.Variable(3, dtype=tf.int64))
+  logs = evaluator.evaluate(tf.constant(-1, tf.int32))
+  with open(tmp_path / "eval" / "results.json") as f:
+    results = json.load(f)
+  assert "PQ" not in results and "AP" not in results and "per_class" not in results
+  gt_sem = [gt[:p.shape[0], :p.shape[1]] // DIV for gt, p in zip(gts, preds)]
+  pred_sem = [p // DIV for p in preds]
+  expected, confusion = _numpy_miou(gt_sem, pred_sem, SHAPES.num_classes,
+                                    SHAPES.ignore_label)
+  assert 0 < expected < 100
+  assert results["mIoU"] == pytest.approx(expected, abs=1e-9)
+  assert logs["mIoU"] == results["mIoU"]
+  for c, name in enumerate(SHAPES.class_names):
+    tp = confusion[c, c]
+    union = confusion[c].sum() + confusion[:, c].sum() - tp
+    if union:
+      assert results["per_class_IoU"][name] == pytest.approx(100.0 * tp / union)
+
+
+def test_evaluator_rejects_coco_writing_without_panoptic_results(tmp_path):
+  strategy = tf.distribute.get_strategy()
+  post = _SemanticPassThrough(SHAPES.is_thing, DIV, SHAPES.ignore_label)
+  with pytest.raises(ValueError, match="write_predictions"):
+    PanopticEvaluator(strategy, lambda images, training: {}, post, None, SHAPES,
+                      str(tmp_path), tf.Variable(0, dtype=tf.int64), write_predictions=True)
