@@ -1,1 +1,9 @@
-"""deeplab_panoptic."""
+"""Training losses: a `criterion.Criterion` summing named loss terms.
+
+Importing the package registers every gin-configurable term, matcher and
+cost (configs/losses/ names them).
+"""
+
+# pylint: disable=unused-import
+from deeplab_panoptic.losses import criterion
+from deeplab_panoptic.losses import semantic

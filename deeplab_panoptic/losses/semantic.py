@@ -1,0 +1,122 @@
+"""Per-pixel semantic cross-entropy terms.
+
+  * `SemanticCrossEntropy`: the semantic head's logits
+    (common.PRED_SEMANTIC_LOGITS), the whole loss of a per-pixel model
+    (DeepLabV3+) and the auxiliary semantic loss of MaX-DeepLab
+    (arXiv 2012.00759, section 3.4) and its successors.
+  * `StageSemanticCrossEntropy`: ReMaX's per-stage semantic loss on the
+    ReMask heads' logits (arXiv 2306.17319, section 3.1).
+
+Both are a pixel-weighted softmax cross-entropy with optional hard-pixel
+mining (keep the top-k % losses of each image), as deeplab2's
+`model/loss/base_loss.py` TopKCrossEntropyLoss.
+"""
+
+from typing import Tuple
+
+import gin
+import tensorflow as tf
+
+from deeplab_panoptic import common
+from deeplab_panoptic.losses import criterion as criterion_lib
+from deeplab_panoptic.losses import targets as targets_lib
+from deeplab_panoptic.ops import resize as resize_lib
+
+RESIZE_MODES = ("labels", "logits")
+
+
+def semantic_loss(semantic_logits: tf.Tensor,
+                  gt_semantic: tf.Tensor,
+                  gt_weight: tf.Tensor,
+                  top_k_percent: float = 1.0) -> tf.Tensor:
+  """Weighted softmax cross-entropy, labels resized to the logits.
+
+  Args:
+    semantic_logits: float [B, hs, ws, C].
+    gt_semantic: int32 [B, H, W] train ids (anything at zero-weight pixels).
+    gt_weight: float32 [B, H, W] pixel weights, 0 at void and padding.
+    top_k_percent: in (0, 1]; keep only the hardest round(top_k_percent * hs *
+      ws) pixels of each image (by weighted loss), as deeplab2.
+
+  Returns:
+    float [B]: sum of weight * cross-entropy over the kept pixels divided by the
+    number of kept labelled pixels.
+  """
+  _check_top_k(top_k_percent, "semantic_loss")
+  height, width = semantic_logits.shape[1:3]
+  num_classes = semantic_logits.shape[-1]
+  labels = tf.reshape(resize_lib.resize_nearest(gt_semantic, (height, width)),
+                      [-1, height * width])
+  weights = tf.reshape(
+      resize_lib.resize_nearest(tf.cast(gt_weight, semantic_logits.dtype),
+                                 (height, width)),
+      [-1, height * width])
+  # Void labels (e.g. 255) are out of range for the op; their weight is 0.
+  labels = tf.where(weights > 0, labels, tf.zeros_like(labels))
+  logits = tf.reshape(semantic_logits, [-1, height * width, num_classes])
+  cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=labels, logits=logits)
+  if top_k_percent == 1.0:
+    return targets_lib.masked_mean(cross_entropy, weights)
+  num_kept = max(1, int(round(top_k_percent * height * width)))
+  weighted = cross_entropy * weights
+  kept, indices = tf.math.top_k(weighted, k=num_kept, sorted=False)
+  kept_weights = tf.gather(weights, indices, batch_dims=1)
+  count = tf.reduce_sum(tf.cast(kept_weights > 0, kept.dtype), axis=-1)
+  return tf.reduce_sum(kept, axis=-1) / tf.maximum(count, 1.0)
+
+
+def _check_top_k(top_k_percent: float, owner: str) -> None:
+  if not 0.0 < top_k_percent <= 1.0:
+    raise ValueError(f"{owner}: top_k_percent must be in (0, 1], got "
+                     f"{top_k_percent}.")
+
+
+@gin.configurable
+class SemanticCrossEntropy(criterion_lib.LossTerm):
+  """Cross-entropy of common.PRED_SEMANTIC_LOGITS against the semantic labels.
+
+  Reads outputs[common.PRED_SEMANTIC_LOGITS] float [B, hs, ws, C] (logits at
+  any stride), batch[common.GT_SEMANTIC] int [B, H, W] and
+  batch[common.GT_SEMANTIC_WEIGHT] float [B, H, W] (0 at void and padding).
+  Reports common.LOSS_SEMANTIC.
+
+  Args:
+    weight: the term's weight (MaX-DeepLab: 1.0).
+    top_k_percent: hard-pixel fraction in (0, 1] (deeplab2: 1.0 COCO / ADE20K,
+      0.2 Cityscapes).
+    resize: "labels": nearest-resize the labels and weights to the logits'
+      size (the mask-transformer models, deeplab2's MaX loss); "logits":
+      bilinearly upsample the logits to the labels' size first.
+    align_corners: with resize="logits", align corner pixels (inputs of
+      k * stride + 1 pixels, as deeplab2's crops) instead of half-pixel
+      centres.
+  """
+
+  name = common.LOSS_SEMANTIC
+
+  def __init__(self, weight: float = 1.0, top_k_percent: float = 1.0,
+               resize: str = "labels", align_corners: bool = False):
+    super().__init__(weight)
+    _check_top_k(top_k_percent, "SemanticCrossEntropy")
+    if resize not in RESIZE_MODES:
+      raise ValueError(f"SemanticCrossEntropy.resize must be one of "
+                       f"{RESIZE_MODES}, got {resize!r}.")
+    self.top_k_percent = top_k_percent
+    self.resize = resize
+    self.align_corners = align_corners
+
+  def _logits(self, inputs: criterion_lib.LossInputs) -> tf.Tensor:
+    logits = inputs.pred(common.PRED_SEMANTIC_LOGITS)
+    if logits.shape.rank != 4:
+      raise ValueError(f"SemanticCrossEntropy: outputs["
+                       f"{common.PRED_SEMANTIC_LOGITS!r}] must be [B, h, w, C],"
+                       f" got {logits.shape}.")
+    if self.resize == "logits":
+      size: Tuple[int, int] = tuple(inputs.gt_semantic.shape[1:3])
+      logits = resize_lib.resize_bilinear(logits, size, self.align_corners)
+    return logits
+
+  def per_image(self, inputs: criterion_lib.LossInputs) -> tf.Tensor:
+    return semantic_loss(self._logits(inputs), inputs.gt_semantic,
+                         inputs.gt_semantic_weight, self.top_k_percent)
