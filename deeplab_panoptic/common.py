@@ -68,6 +68,8 @@ PRED_LOCATION_CENTER = "pred_location_center"  # float32 [B, N, 2] P-SegFormer m
                                                #   (y, x) in [0, 1].
 PRED_LOCATION_SCALE = "pred_location_scale"    # float32 [B, N, S] P-SegFormer mask scale
                                                #   (S = 2: box (h, w) / image; S = 1: area).
+AUX_LOCATIONS = "aux_locations"                # list of dicts with PRED_LOCATION_CENTER /
+                                               #   SCALE of earlier P-SegFormer location layers.
 
 # ----------------------------------------------------------------------------
 # Panoptic inference outputs (postprocess), at the model input resolution.
