@@ -62,6 +62,8 @@ AUX_OUTPUTS = "aux_outputs"                    # list of dicts with the three ke
 # Training-only outputs of some model families (any output dict, final or aux):
 PRED_STAGE_SEMANTIC_LOGITS = "pred_stage_semantic_logits"  # float32 [B, hs, ws, num_classes]
                                                #   ReMaX per-stage semantic logits (ReMask).
+PRED_AUX_SEMANTIC_LOGITS = "pred_aux_semantic_logits"  # float32 [B, hs, ws, num_classes]
+                                               #   auxiliary per-pixel head (SemanticSegmenter).
 PRED_REFERENCE_POINTS = "pred_reference_points"  # float32 [B, N, M, 2] CMT reference-mask
                                                #   points, (y, x) in [0, 1].
 PRED_LOCATION_CENTER = "pred_location_center"  # float32 [B, N, 2] P-SegFormer mask centre,
