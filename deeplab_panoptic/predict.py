@@ -1,4 +1,4 @@
-r"""Panoptic predictions of an exported SavedModel on image files.
+r"""Predictions of an exported SavedModel on image files (panoptic or semantic).
 
   python -m deeplab_panoptic.predict --saved_model=runs/quickstart/export \
       --images='photos/*.jpg' --output_dir=/tmp/predictions [--nooverlays]
@@ -7,13 +7,18 @@ Output, in ``--output_dir``:
 
 * ``panoptic/<image stem>.png``: COCO panoptic PNG of each image (segment id
   ``R + 256 G + 256^2 B``, 0 for void), at the image's original size, written by
-  the evaluation writer (``evaluation.coco_format.CocoPanopticWriter``);
+  the library's COCO panoptic writer (``data.coco_panoptic.CocoPanopticWriter``);
 * ``panoptic.json``: COCO panoptic ``images``, ``annotations`` (``segments_info``
   with ``id``, ``category_id`` -- the dataset's own ids --, ``iscrowd``,
   ``area``, ``bbox`` and the segment's ``score``) and ``categories``; ready for
   ``python -m deeplab_panoptic.evaluation.coco_pq`` or panopticapi;
 * ``overlays/<image stem>.png``: the image with each segment tinted, instance
   and segment outlines in white and class names written on the segments.
+
+A semantic-only model (its export declares no panoptic result) writes
+``semantic/<image stem>.png`` instead (each pixel the dataset's category id,
+8-bit, or 16-bit when an id exceeds 255; unlabelled 0) with ``semantic.json``
+(``images`` and ``categories``), and the overlays tint each class.
 
 The dataset description (category ids, names, colours) is read from the
 SavedModel itself (``export_info``), so no gin file is needed.
@@ -28,7 +33,6 @@ interrupted run leaves no half-written file.
 import glob
 import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
@@ -41,10 +45,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from deeplab_panoptic import common  # pylint: disable=g-import-not-at-top
 from deeplab_panoptic.data import inspect as inspect_lib
-from deeplab_panoptic.evaluation import coco_format
+from deeplab_panoptic.data import coco_panoptic
 
 PANOPTIC_JSON = "panoptic.json"
 PANOPTIC_DIR = "panoptic"
+SEMANTIC_JSON = "semantic.json"
+SEMANTIC_DIR = "semantic"
 OVERLAY_DIR = "overlays"
 
 
@@ -86,24 +92,6 @@ def read_image(path: str) -> np.ndarray:
     raise ValueError(f"cannot read image {path}: {e}") from e
 
 
-def _save_png(array: np.ndarray, path: str) -> None:
-  """Writes a PNG through a temporary file in the same folder and a rename."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
-                             suffix=".png")
-  os.close(fd)
-  try:
-    Image.fromarray(array).save(tmp, format="PNG")
-    # mkstemp creates 0600; give the picture the permissions of an ordinary file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 class Predictor:
   """A loaded SavedModel and its dataset description.
 
@@ -126,6 +114,9 @@ class Predictor:
       self.info = saved_model.dataset_info_from_export(self.export_info)
     except (ValueError, KeyError, OSError, tf.errors.OpError) as e:
       raise PredictError(f"cannot use the SavedModel {saved_model_dir}: {e}") from e
+    # Exports older than the result declaration were all panoptic.
+    self.results = frozenset(self.export_info.get(
+        "results", (common.PANOPTIC, common.SEMANTIC, common.INSTANCE)))
     self._loaded = loaded  # Keeps the variables alive.
     self._serve = loaded.signatures[saved_model.SERVING_DEFAULT]
 
@@ -147,7 +138,7 @@ def segment_scores(panoptic: np.ndarray, prediction: Dict[str, np.ndarray],
                    label_divisor: int, ignore_label: int) -> List[float]:
   """The score of each non-void segment, in ascending panoptic label order.
 
-  That is the order of ``coco_format.panoptic_to_coco``'s segments. A segment's
+  That is the order of ``coco_panoptic.panoptic_to_coco``'s segments. A segment's
   score is the highest class confidence among the slots that make it (several
   stuff slots of one class form one segment).
   """
@@ -179,9 +170,14 @@ def predict(saved_model_dir: str, image_pattern: str, output_dir: str,
   files = find_images(image_pattern)
   predictor = Predictor(saved_model_dir)
   info = predictor.info
-  writer = coco_format.CocoPanopticWriter(
-      output_dir, info.dataset_id_from_train_id(), info.label_divisor, info.ignore_label,
-      categories=info.coco_categories(), png_folder=PANOPTIC_DIR, json_name=PANOPTIC_JSON)
+  writer = None
+  if common.PANOPTIC in predictor.results:
+    writer = coco_panoptic.CocoPanopticWriter(
+        output_dir, info.dataset_id_from_train_id(), info.label_divisor,
+        info.ignore_label, categories=info.coco_categories(), png_folder=PANOPTIC_DIR,
+        json_name=PANOPTIC_JSON)
+  else:
+    os.makedirs(os.path.join(output_dir, SEMANTIC_DIR), exist_ok=True)
   if overlays:
     os.makedirs(os.path.join(output_dir, OVERLAY_DIR), exist_ok=True)
   images, predicted, skipped = [], [], {}
@@ -194,22 +190,54 @@ def predict(saved_model_dir: str, image_pattern: str, output_dir: str,
       bar.write(f"predict: error: {e}; skipped.", file=sys.stderr)
       continue
     prediction = predictor(image)
-    panoptic = prediction[common.PANOPTIC]
     name = os.path.basename(path)
-    annotation = writer.add(name, panoptic)
-    scores = segment_scores(panoptic, prediction, info.label_divisor, info.ignore_label)
-    for segment, score in zip(annotation["segments_info"], scores):
-      segment["score"] = round(score, 6)
+    if writer is not None:
+      shown, file_name, image_id = _write_panoptic(writer, name, prediction, info)
+    else:
+      shown, file_name, image_id = _write_semantic(output_dir, name, prediction, info)
     if overlays:
-      _save_png(inspect_lib.panoptic_overlay(image, panoptic, info),
-                os.path.join(output_dir, OVERLAY_DIR, annotation["file_name"]))
-    images.append({"id": annotation["image_id"], "file_name": name,
+      coco_panoptic.write_png(os.path.join(output_dir, OVERLAY_DIR, file_name),
+                              inspect_lib.panoptic_overlay(image, shown, info))
+    images.append({"id": image_id, "file_name": name,
                    "height": int(image.shape[0]), "width": int(image.shape[1])})
     predicted.append(path)
-  json_path = os.path.join(output_dir, PANOPTIC_JSON)
-  coco_format.write_json(json_path, {"images": images, "annotations": writer.annotations,
-                                     "categories": info.coco_categories()})
+  json_path = os.path.join(output_dir, PANOPTIC_JSON if writer else SEMANTIC_JSON)
+  coco_panoptic.write_json(json_path, {
+      "images": images, "categories": info.coco_categories(),
+      **({"annotations": writer.annotations} if writer is not None else {})})
   return {"json": json_path, "predicted": predicted, "skipped": skipped}
+
+
+def _write_panoptic(writer, name: str, prediction: Dict[str, np.ndarray], info):
+  """Adds one panoptic prediction (with segment scores) to the COCO writer.
+
+  Returns:
+    (the panoptic map ``[H, W]``, the PNG's file name, the image id).
+  """
+  panoptic = prediction[common.PANOPTIC]
+  annotation = writer.add(name, panoptic)
+  scores = segment_scores(panoptic, prediction, info.label_divisor, info.ignore_label)
+  for segment, score in zip(annotation["segments_info"], scores):
+    segment["score"] = round(score, 6)
+  return panoptic, annotation["file_name"], annotation["image_id"]
+
+
+def _write_semantic(output_dir: str, name: str, prediction: Dict[str, np.ndarray], info):
+  """Writes one semantic prediction as a PNG of the dataset's category ids.
+
+  Returns:
+    (the semantic map as panoptic labels ``class * label_divisor`` ``[H, W]``,
+    the PNG's file name, the image id).
+  """
+  semantic = prediction[common.SEMANTIC].astype(np.int64)
+  to_dataset = info.dataset_id_from_train_id()
+  ids = np.asarray([to_dataset[c] for c in range(info.num_classes)] + [0], np.int64)
+  labels = ids[np.clip(semantic, 0, len(ids) - 1)]
+  stem = os.path.splitext(name)[0]
+  file_name = stem + ".png"
+  png = labels.astype(np.uint16 if labels.max(initial=0) > 255 else np.uint8)
+  coco_panoptic.write_png(os.path.join(output_dir, SEMANTIC_DIR, file_name), png)
+  return semantic * info.label_divisor, file_name, stem
 
 
 FLAGS = flags.FLAGS
@@ -232,8 +260,10 @@ def main(argv: Sequence[str]) -> Optional[int]:
   except PredictError as e:
     print(f"predict: error: {e}", file=sys.stderr)
     return 1
+  folder = PANOPTIC_DIR if result["json"].endswith(PANOPTIC_JSON) else SEMANTIC_DIR
   print(f"Wrote {len(result['predicted'])} predictions to {FLAGS.output_dir}: "
-        f"{PANOPTIC_JSON}, {PANOPTIC_DIR}/" + (f", {OVERLAY_DIR}/" if FLAGS.overlays else ""))
+        f"{os.path.basename(result['json'])}, {folder}/"
+        + (f", {OVERLAY_DIR}/" if FLAGS.overlays else ""))
   if result["skipped"]:
     print(f"predict: {len(result['skipped'])} of "
           f"{len(result['skipped']) + len(result['predicted'])} images skipped "
