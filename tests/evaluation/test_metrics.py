@@ -205,3 +205,64 @@ def test_rle_encoding_equals_pycocotools():
   expected = mask_utils.encode(np.asfortranarray(
       (index[:, :, None] == wanted).astype(np.uint8)))
   assert ours == expected
+
+
+# ----------------------------------------------------------------------------
+# Metrics built from the declared results.
+# ----------------------------------------------------------------------------
+def _instance_view(pred, scores):
+  """The instance result of panoptic predictions: thing instance k + 1 = slot k."""
+  semantic, instance = pred // DIV, pred % DIV
+  thing = np.isin(semantic, [c for c, t in enumerate(IS_THING) if t])
+  instance = np.where(thing, instance, 0)
+  classes = np.full(scores.shape, -1)
+  for b in range(pred.shape[0]):
+    ids = instance[b][instance[b] > 0]
+    classes[b, ids - 1] = semantic[b][instance[b] > 0]
+  return instance, classes
+
+
+def test_declared_results_choose_the_metrics():
+  gt, pred, sem, scores = _images(5)
+  # One slot per thing segment (the postprocessors' contract): car instances
+  # 1, 2, 6 move to slots 3, 4, 7 so that no two classes share an instance id.
+  car = pred // DIV == 1
+  pred = np.where(car, DIV + np.array([0, 3, 4, 0, 0, 0, 7, 0])[pred % DIV], pred)
+  full = _new()
+  full.update(gt, pred, sem, scores)
+  expected = full.result()
+
+  semantic_only = metrics.SegmentationMetrics({"semantic"}, 4, IS_THING, DIV, IGNORE)
+  semantic_only.update(gt, {"semantic": sem})
+  assert set(semantic_only.result()) == {"mIoU"}
+  assert semantic_only.result()["mIoU"] == expected["mIoU"]
+  assert semantic_only.pq is None and semantic_only.ap is None
+
+  # AP from an instance map (no panoptic map) equals AP from the panoptic map.
+  instance, classes = _instance_view(pred, scores)
+  instance_only = metrics.SegmentationMetrics({"instance"}, 4, IS_THING, DIV, IGNORE)
+  instance_only.update(gt, {"instance": instance, "segment_classes": classes,
+                            "segment_scores": scores})
+  assert set(instance_only.result()) == {"AP"}
+  assert instance_only.result()["AP"] == expected["AP"]
+  assert 0 < expected["AP"]["ap"] <= 1
+
+  panoptic_only = metrics.SegmentationMetrics({"panoptic"}, 4, IS_THING, DIV, IGNORE)
+  panoptic_only.update(gt, {"panoptic": pred})
+  assert set(panoptic_only.result()) == {"PQ"}
+  assert panoptic_only.result()["PQ"] == expected["PQ"]
+
+
+def test_declared_results_errors():
+  with pytest.raises(ValueError, match="non-empty subset"):
+    metrics.SegmentationMetrics({"depth"}, 4, IS_THING, DIV, IGNORE)
+  with pytest.raises(ValueError, match="non-empty subset"):
+    metrics.SegmentationMetrics(set(), 4, IS_THING, DIV, IGNORE)
+  semantic_only = metrics.SegmentationMetrics({"semantic"}, 4, IS_THING, DIV, IGNORE)
+  with pytest.raises(ValueError, match="'semantic' is needed"):
+    semantic_only.update(np.zeros((2, 2), int), {"panoptic": np.zeros((2, 2), int)})
+  with pytest.raises(ValueError, match="instance ids"):
+    metrics.instance_labels(np.array([[0, 2]]), [1, -1], DIV, IGNORE)
+  np.testing.assert_array_equal(
+      metrics.instance_labels(np.array([[0, 2], [1, 0]]), [1, 0], DIV, IGNORE),
+      [[IGNORE * DIV, 0 * DIV + 2], [1 * DIV + 1, IGNORE * DIV]])
