@@ -13,7 +13,7 @@ from PIL import Image
 from deeplab_panoptic import predict
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import inspect as inspect_lib
-from deeplab_panoptic.evaluation import coco_format
+from deeplab_panoptic.data import coco_panoptic
 from tests.conftest import REPO_ROOT
 
 QUICKSTART = "experiments/quickstart/kmax_deeplab_shapes.gin"
@@ -110,7 +110,7 @@ def test_predict_on_real_coco_images(tmp_path, coco_sample_dir):
   num_segments = 0
   for image_entry, annotation in zip(result["images"], result["annotations"]):
     assert annotation["image_id"] == image_entry["id"]
-    ids = coco_format.read_segment_ids(str(out / "panoptic" / annotation["file_name"]))
+    ids = coco_panoptic.read_id_png(str(out / "panoptic" / annotation["file_name"]))
     assert ids.shape == (image_entry["height"], image_entry["width"])
     values, counts = np.unique(ids, return_counts=True)
     area_of = dict(zip(values.tolist(), counts.tolist()))

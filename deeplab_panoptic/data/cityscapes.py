@@ -18,12 +18,11 @@ import os
 from typing import List, Tuple
 
 import numpy as np
-from PIL import Image
 
-from deeplab_panoptic.data import coco_format
+from deeplab_panoptic.data import coco_panoptic
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 
-FormatError = coco_format.FormatError
+FormatError = coco_panoptic.FormatError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_instanceIds.png"
@@ -77,13 +76,7 @@ def read_label(path: str, info: dataset_info_lib.DatasetInfo) -> np.ndarray:
   Raises:
     FormatError: naming the file if it is unreadable or holds an unknown label id.
   """
-  try:
-    image = Image.open(path)
-    image.load()
-  except FileNotFoundError as e:
-    raise FormatError(f"{path}: file not found.") from e
-  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-    raise FormatError(f"{path}: unreadable or truncated PNG: {e}") from e
+  image = coco_panoptic.load_image(path, "PNG")
   if image.mode not in ("I", "I;16", "I;16B", "L"):
     raise FormatError(f"{path}: expected a 16-bit instanceIds PNG, got mode "
                       f"{image.mode!r}.")

@@ -24,12 +24,10 @@ The description (classes and their dataset ids) is read from
 temporary names and renamed; ``panoptic.json`` last.
 """
 
-import glob
 import io
-import json
 import os
 import sys
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -37,8 +35,9 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from deeplab_panoptic.data import coco_format
+from deeplab_panoptic.data import coco_panoptic
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
+from deeplab_panoptic.data import reader
 from deeplab_panoptic.data import tfrecord
 
 PANOPTIC_JSON = "panoptic.json"
@@ -46,12 +45,8 @@ PANOPTIC_DIR = "panoptic"
 OVERLAY_DIR = "overlays"
 # Weight of the segment colour in the overlay.
 _OVERLAY_ALPHA = 0.5
-
-
-def image_id_of(file_name: str):
-  """COCO image id of a file: its stem as an int when it is numeric, else the stem."""
-  stem = os.path.splitext(file_name)[0]
-  return int(stem) if stem.isdigit() else stem
+# Largest random step away from the class colour for a further instance.
+_COLOR_SPREAD = 24
 
 
 def find_dataset_info(files: List[str], dataset_info_json: Optional[str] = None,
@@ -69,28 +64,10 @@ def find_dataset_info(files: List[str], dataset_info_json: Optional[str] = None,
   for folder in folders:
     path = os.path.join(folder, "dataset_info.json")
     if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        name = json.load(f).get("name", "dataset")
+      name = coco_panoptic.read_json(path).get("name", "dataset")
       return dataset_info_lib.from_coco_categories(name, path)
   raise ValueError(f"No dataset_info.json beside {folders}: set --dataset_info_json "
                    "or --dataset.")
-
-
-def read_records(files: List[str]) -> Iterator[Tuple[str, tf.train.Example]]:
-  """Yields (file, example) of every record, in file order.
-
-  Raises:
-    ValueError: naming the file of a damaged record.
-  """
-  for path in files:
-    index = 0
-    try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        yield path, tf.train.Example.FromString(record)
-        index += 1
-    except tf.errors.OpError as e:
-      raise ValueError(f"Corrupt TFRecord file {path}: record #{index}: "
-                       f"{e.message}") from e
 
 
 def _feature_bytes(example: tf.train.Example, key: str) -> bytes:
@@ -128,37 +105,94 @@ def decode_example(example: tf.train.Example, where: str
           _feature_int(example, tfrecord.PANOPTIC_IGNORE_LABEL))
 
 
-def overlay(image: np.ndarray, segments, colors) -> np.ndarray:
-  """Tints each segment, draws boundaries white and hatches crowd regions.
+def segment_color_ids(info: dataset_info_lib.DatasetInfo, labels: np.ndarray,
+                      category_ids: np.ndarray) -> np.ndarray:
+  """A distinct colour per segment, near its class colour, as its segment id.
+
+  Stuff and the first instance of a class use the class colour; further
+  instances are shifted by a deterministic offset (seeded by the label) until
+  the colour is unused and not black (the VOID id). So the COCO panoptic PNG is
+  also a picture.
+
+  Args:
+    info: the dataset description (colours by dataset category id).
+    labels: int [S] canonical panoptic labels of the segments.
+    category_ids: int [S] their dataset category ids.
+
+  Returns:
+    int64 [S] segment ids ``R + 256 G + 256**2 B``.
+  """
+  color_of = {c.dataset_id: c.color for c in info.classes}
+  used = {(0, 0, 0)}
+  ids = []
+  for value, category_id in zip(np.asarray(labels).tolist(),
+                                np.asarray(category_ids).tolist()):
+    base = np.array(color_of[category_id], np.int64)
+    color = tuple(int(c) for c in base)
+    rng = np.random.default_rng(value)
+    spread = _COLOR_SPREAD
+    while color in used:
+      color = tuple(int(c) for c in np.clip(base + rng.integers(-spread, spread + 1, 3),
+                                            0, 255))
+      spread = min(spread + 4, 255)
+    used.add(color)
+    ids.append(color[0] + 256 * color[1] + 65536 * color[2])
+  return np.array(ids, np.int64)
+
+
+def coco_segments(panoptic: np.ndarray, info: dataset_info_lib.DatasetInfo
+                  ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+  """A ground-truth or predicted label map as coloured COCO segments.
+
+  One segment per stuff class, per thing instance and per crowd region (a
+  thing class with instance 0); void is none (``coco_panoptic.panoptic_to_coco``
+  with ``is_thing``, ids from :func:`segment_color_ids`).
+
+  Returns:
+    uint32 [H, W] segment ids (0: void) and the segments_info list.
+
+  Raises:
+    ValueError: if the map holds a class outside the description.
+  """
+  return coco_panoptic.panoptic_to_coco(
+      panoptic, info.label_divisor, info.ignore_label, info.dataset_id_from_train_id(),
+      is_thing=info.is_thing,
+      segment_ids=lambda labels, categories: segment_color_ids(info, labels, categories))
+
+
+def overlay(image: np.ndarray, ids: np.ndarray, segments_info: List[Dict[str, Any]]
+            ) -> np.ndarray:
+  """Tints each segment in its colour, draws boundaries white and hatches crowd.
 
   Args:
     image: uint8 [H, W, 3].
-    segments: from ``coco_format.segments_from_panoptic``.
-    colors: one RGB colour per segment.
+    ids: int [H, W] segment ids whose colour (``id_to_rgb``) is the tint; 0 is
+      void, left dark.
+    segments_info: the segments (``id``, ``iscrowd``).
 
   Returns:
     uint8 [H, W, 3].
   """
   out = image.astype(np.float32) * (1 - _OVERLAY_ALPHA)
-  owner = np.full(image.shape[:2], -1, np.int64)
   height, width = image.shape[:2]
   hatch = ((np.arange(height)[:, None] + np.arange(width)[None, :]) // 4) % 2 == 0
-  for index, ((_, _, iscrowd, mask), color) in enumerate(zip(segments, colors)):
-    tint = np.asarray(color, np.float32) * _OVERLAY_ALPHA
-    region = mask & hatch if iscrowd else mask
+  for segment in segments_info:
+    mask = ids == segment["id"]
+    tint = coco_panoptic.id_to_rgb(segment["id"]).astype(np.float32) * _OVERLAY_ALPHA
+    region = mask & hatch if segment["iscrowd"] else mask
     out[region] += tint
     out[mask & ~region] += image[mask & ~region].astype(np.float32) * _OVERLAY_ALPHA
-    owner[mask] = index
-  # Void keeps only the darkened image. Boundaries: owner differs from a neighbour.
-  edge = np.zeros(owner.shape, bool)
-  edge[:-1] |= owner[:-1] != owner[1:]
-  edge[:, :-1] |= owner[:, :-1] != owner[:, 1:]
+  # Boundaries: the segment id differs from a neighbour's.
+  edge = np.zeros(ids.shape, bool)
+  edge[:-1] |= ids[:-1] != ids[1:]
+  edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
   out[edge] = 255.0
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def label_segments(image: np.ndarray, segments, info: dataset_info_lib.DatasetInfo,
-                   min_area: int = 64) -> np.ndarray:
+def label_segments(image: np.ndarray, ids: np.ndarray,
+                   segments_info: List[Dict[str, Any]],
+                   info: dataset_info_lib.DatasetInfo, min_area: int = 64) -> np.ndarray:
   """Writes each segment's class name on it (white on a dark box).
 
   The name sits at the segment's pixel nearest to its centroid, so it lies on
@@ -167,7 +201,8 @@ def label_segments(image: np.ndarray, segments, info: dataset_info_lib.DatasetIn
 
   Args:
     image: uint8 [H, W, 3], typically from :func:`overlay`.
-    segments: from ``coco_format.segments_from_panoptic``.
+    ids: int [H, W] segment ids.
+    segments_info: the segments (``id``, ``category_id``, ``iscrowd``).
     info: the dataset description (names by dataset category id).
     min_area: smallest named segment, in pixels.
 
@@ -180,12 +215,12 @@ def label_segments(image: np.ndarray, segments, info: dataset_info_lib.DatasetIn
   draw = ImageDraw.Draw(picture)
   font = ImageFont.load_default()
   height, width = image.shape[:2]
-  for _, category_id, iscrowd, mask in segments:
-    ys, xs = np.nonzero(mask)
+  for segment in segments_info:
+    ys, xs = np.nonzero(ids == segment["id"])
     if ys.size < min_area:
       continue
     nearest = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
-    text = name_of[category_id] + (" (crowd)" if iscrowd else "")
+    text = name_of[segment["category_id"]] + (" (crowd)" if segment["iscrowd"] else "")
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     text_w, text_h = right - left, bottom - top
     x = int(np.clip(xs[nearest] - text_w // 2, 0, max(width - text_w - 2, 0)))
@@ -215,19 +250,27 @@ def panoptic_overlay(image: np.ndarray, panoptic: np.ndarray,
   Raises:
     ValueError: if the map holds a class outside the description.
   """
-  segments = coco_format.segments_from_panoptic(panoptic, info)
-  picture = overlay(image, segments, coco_format.segment_colors(info, segments))
-  return label_segments(picture, segments, info) if class_names else picture
+  ids, segments_info = coco_segments(panoptic, info)
+  picture = overlay(image, ids, segments_info)
+  return label_segments(picture, ids, segments_info, info) if class_names else picture
 
 
-def _save_png(array: np.ndarray, path: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+def _record_label(example: tf.train.Example, path: str,
+                  info: dataset_info_lib.DatasetInfo) -> Tuple[str, np.ndarray, np.ndarray]:
+  """(file name, image, label: void when the record has none) of a checked record.
+
+  Raises:
+    ValueError: naming the file and image when the record does not decode or
+      uses another label divisor / ignore label than ``info``.
+  """
+  name, image, label, divisor, ignore = decode_example(example, path)
+  if (divisor, ignore) != (info.label_divisor, info.ignore_label):
+    raise ValueError(f"{path}: record of {name!r} has label divisor {divisor} and "
+                     f"ignore label {ignore}; the description {info.name!r} has "
+                     f"{info.label_divisor} and {info.ignore_label}.")
+  if label is None:
+    label = np.full(image.shape[:2], info.ignore_label * info.label_divisor, np.int32)
+  return name, image, label
 
 
 def inspect(file_pattern: str, output_dir: str,
@@ -248,63 +291,26 @@ def inspect(file_pattern: str, output_dir: str,
   Raises:
     ValueError: naming the file / record on a bad input.
   """
-  files = sorted({f for p in file_pattern.split(",") if p.strip()
-                  for f in glob.glob(p.strip())})
-  if not files:
-    raise ValueError(f"No file matches {file_pattern!r}.")
+  files = reader.list_files(file_pattern, "inspect")
   if info is None:
     info = find_dataset_info(files)
-  os.makedirs(os.path.join(output_dir, PANOPTIC_DIR), exist_ok=True)
-  if overlays:
-    os.makedirs(os.path.join(output_dir, OVERLAY_DIR), exist_ok=True)
-  images, annotations = [], []
-  seen = set()
-  for path, example in read_records(files):
-    if max_images is not None and len(images) >= max_images:
+  writer = coco_panoptic.CocoPanopticWriter(
+      output_dir, info.dataset_id_from_train_id(), info.label_divisor, info.ignore_label,
+      categories=info.coco_categories(), png_folder=PANOPTIC_DIR, json_name=PANOPTIC_JSON)
+  for index, (path, example) in enumerate(tfrecord.read_examples(files)):
+    if max_images is not None and index >= max_images:
       break
-    name, image, label, divisor, ignore = decode_example(example, path)
-    if (divisor, ignore) != (info.label_divisor, info.ignore_label):
-      raise ValueError(f"{path}: record of {name!r} has label divisor {divisor} and "
-                       f"ignore label {ignore}; the description {info.name!r} has "
-                       f"{info.label_divisor} and {info.ignore_label}.")
-    stem = os.path.splitext(name)[0]
-    if stem in seen:
-      raise ValueError(f"{path}: image name {name!r} appears twice; the outputs "
-                       "would overwrite each other.")
-    seen.add(stem)
-    if label is None:
-      label = np.full(image.shape[:2], info.ignore_label * info.label_divisor, np.int32)
+    name, image, label = _record_label(example, path, info)
     try:
-      segments = coco_format.segments_from_panoptic(label, info)
+      ids, segments_info = coco_segments(label, info)
+      annotation = writer.add_segments(name, ids, segments_info)
     except ValueError as e:
       raise ValueError(f"{path}: record of {name!r}: {e}") from e
-    colors = coco_format.segment_colors(info, segments)
-    id_map = np.zeros(image.shape[:2] + (3,), np.uint8)
-    segments_info = []
-    for (_, category_id, iscrowd, mask), color in zip(segments, colors):
-      id_map[mask] = color
-      segments_info.append({
-          "id": coco_format.segment_id_of_color(color), "category_id": category_id,
-          "iscrowd": int(iscrowd), "area": int(mask.sum()),
-          "bbox": coco_format.bbox_of(mask)})
-    png_name = stem + ".png"
-    _save_png(id_map, os.path.join(output_dir, PANOPTIC_DIR, png_name))
     if overlays:
-      _save_png(overlay(image, segments, colors),
-                os.path.join(output_dir, OVERLAY_DIR, png_name))
-    image_id = image_id_of(name)
-    images.append({"id": image_id, "file_name": name, "height": int(image.shape[0]),
-                   "width": int(image.shape[1])})
-    annotations.append({"image_id": image_id, "file_name": png_name,
-                        "segments_info": segments_info})
-  result = {"images": images, "annotations": annotations,
-            "categories": info.coco_categories()}
-  json_path = os.path.join(output_dir, PANOPTIC_JSON)
-  tmp = f"{json_path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(result, f)
-  os.replace(tmp, json_path)
-  return result
+      coco_panoptic.write_png(os.path.join(output_dir, OVERLAY_DIR, annotation["file_name"]),
+                              overlay(image, ids, segments_info))
+  writer.close()
+  return writer.as_json()
 
 
 FLAGS = flags.FLAGS
@@ -325,10 +331,7 @@ def main(argv: List[str]) -> Optional[int]:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
-    files = sorted({f for p in FLAGS.tfrecord.split(",") if p.strip()
-                    for f in glob.glob(p.strip())})
-    if not files:
-      raise ValueError(f"No file matches {FLAGS.tfrecord!r}.")
+    files = reader.list_files(FLAGS.tfrecord, "inspect")
     info = find_dataset_info(files, FLAGS.dataset_info_json, FLAGS.dataset)
     result = inspect(FLAGS.tfrecord, FLAGS.output_dir, info, FLAGS.max_images,
                      FLAGS.overlays)

@@ -37,8 +37,13 @@ from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.data import tfrecord
 
 
-def list_files(file_pattern: Union[str, Sequence[str]]) -> List[str]:
+def list_files(file_pattern: Union[str, Sequence[str]], what: str = "build_dataset"
+               ) -> List[str]:
   """Sorted files matching one or more glob patterns (comma-separated allowed).
+
+  Args:
+    file_pattern: the pattern(s).
+    what: the caller, for messages.
 
   Raises:
     ValueError: if a pattern matches no file.
@@ -46,21 +51,18 @@ def list_files(file_pattern: Union[str, Sequence[str]]) -> List[str]:
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
   patterns = [p.strip() for pat in patterns for p in pat.split(",") if p.strip()]
   if not patterns:
-    raise ValueError("build_dataset: file_pattern is empty.")
+    raise ValueError(f"{what}: file_pattern is empty.")
   files = []
   for pattern in patterns:
     matched = tf.io.gfile.glob(pattern)
     if not matched:
-      raise ValueError(f"build_dataset: no file matches {pattern!r}.")
+      raise ValueError(f"{what}: no file matches {pattern!r}.")
     files.extend(matched)
   return sorted(set(files))
 
 
 def verify_tfrecords(file_pattern: Union[str, Sequence[str]]) -> int:
   """Reads every record of the matching files and checks that it parses.
-
-  TensorFlow reports a damaged TFRecord file as "corrupted record at <offset>"
-  without the file; this names it.
 
   Returns:
     The number of records.
@@ -69,19 +71,11 @@ def verify_tfrecords(file_pattern: Union[str, Sequence[str]]) -> int:
     ValueError: naming the file and record index of the first bad record.
   """
   total = 0
-  for path in list_files(file_pattern):
-    index = 0
-    try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        example = tf.train.Example.FromString(record)
-        if tfrecord.IMAGE_ENCODED not in example.features.feature:
-          raise ValueError(f"it lacks the feature {tfrecord.IMAGE_ENCODED!r}")
-        index += 1
-    except (tf.errors.OpError, ValueError) as e:
-      message = getattr(e, "message", str(e))
-      raise ValueError(f"Corrupt TFRecord file {path}: record #{index}: "
-                       f"{message}") from e
-    total += index
+  for path, example in tfrecord.read_examples(list_files(file_pattern)):
+    if tfrecord.IMAGE_ENCODED not in example.features.feature:
+      raise ValueError(f"Corrupt TFRecord file {path}: a record lacks the feature "
+                       f"{tfrecord.IMAGE_ENCODED!r}.")
+    total += 1
   return total
 
 

@@ -23,14 +23,13 @@ is the train id. Void pixels hold ``ignore_label * label_divisor``; a thing pixe
 with instance 0 is crowd.
 """
 
-import io
-from typing import Dict, Optional, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from deeplab_panoptic import common
+from deeplab_panoptic.data import coco_panoptic
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
@@ -49,13 +48,15 @@ IGNORE_LABEL = "ignore_label"
 HAS_LABEL = "has_label"
 
 # Largest value the 3-channel label PNG can hold.
-MAX_PANOPTIC_VALUE = 256 ** 3 - 1
+MAX_PANOPTIC_VALUE = coco_panoptic.MAX_SEGMENT_ID
 
 _IMAGE_FORMATS = ("png", "jpeg")
 # File signatures, checked before decoding so that garbage bytes give an error
 # that names the record instead of a bare decoder message.
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = coco_panoptic.PNG_MAGIC
+_JPEG_MAGIC = coco_panoptic.JPEG_MAGIC
+# The record's image encoder (uint8 [H, W, 3] -> PNG bytes).
+encode_png = coco_panoptic.encode_png
 
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
@@ -64,13 +65,6 @@ def _bytes_feature(value: bytes) -> tf.train.Feature:
 
 def _int64_feature(value: int) -> tf.train.Feature:
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """Encodes a uint8 [H, W, 3] (or [H, W]) array as PNG bytes."""
-  buf = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=6)
-  return buf.getvalue()
 
 
 def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
@@ -86,9 +80,7 @@ def encode_panoptic_png(panoptic: np.ndarray) -> bytes:
   if panoptic.size and (panoptic.min() < 0 or panoptic.max() > MAX_PANOPTIC_VALUE):
     raise ValueError(f"Panoptic label values must lie in [0, {MAX_PANOPTIC_VALUE}], "
                      f"got [{panoptic.min()}, {panoptic.max()}].")
-  value = panoptic.astype(np.uint32)
-  rgb = np.stack([value & 255, (value >> 8) & 255, (value >> 16) & 255], axis=-1)
-  return encode_png(rgb.astype(np.uint8))
+  return coco_panoptic.encode_id_png(panoptic)
 
 
 def decode_panoptic_png(png: bytes) -> np.ndarray:
@@ -97,8 +89,7 @@ def decode_panoptic_png(png: bytes) -> np.ndarray:
   Returns:
     int32 [H, W].
   """
-  rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  return coco_panoptic.decode_id_png(png).astype(np.int32)
 
 
 def make_example(image_bytes: bytes, image_format: str, file_name: str, height: int,
@@ -152,6 +143,26 @@ def make_example(image_bytes: bytes, image_format: str, file_name: str, height: 
       PANOPTIC_IGNORE_LABEL: _int64_feature(ignore_label),
   }
   return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def read_examples(files: Sequence[str]) -> Iterator[Tuple[str, tf.train.Example]]:
+  """Yields ``(file, example)`` for every record of ``files``, in file order (eager).
+
+  TensorFlow reports a damaged TFRecord file as "corrupted record at <offset>"
+  without the file; this names it.
+
+  Raises:
+    ValueError: naming the file and the record index of the first bad record.
+  """
+  for path in files:
+    index = 0
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        yield path, tf.train.Example.FromString(record)
+        index += 1
+    except tf.errors.OpError as e:
+      raise ValueError(f"Corrupt TFRecord file {path}: record #{index}: "
+                       f"{e.message}") from e
 
 
 _FEATURES = {

@@ -44,7 +44,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from deeplab_panoptic.evaluation import coco_format
+from deeplab_panoptic.data import coco_panoptic
 from deeplab_panoptic.evaluation import panoptic_quality
 
 # Images per worker task: large enough that pickling results is noise, small
@@ -68,7 +68,7 @@ _LOOKUP: Optional[np.ndarray] = None
 def _lookup_table() -> np.ndarray:
   global _LOOKUP
   if _LOOKUP is None:
-    _LOOKUP = np.full(coco_format.MAX_SEGMENT_ID + 1, -1, np.int32)
+    _LOOKUP = np.full(coco_panoptic.MAX_SEGMENT_ID + 1, -1, np.int32)
   return _LOOKUP
 
 
@@ -111,10 +111,10 @@ class _SegmentTable:
         raise CocoPanopticFormatError(
             f"{json_path}: image {image}: two {what} segments have the id {seg_id}.")
       seen.add(seg_id)
-      if seg_id <= 0 or seg_id > coco_format.MAX_SEGMENT_ID:
+      if seg_id <= 0 or seg_id > coco_panoptic.MAX_SEGMENT_ID:
         raise CocoPanopticFormatError(
             f"{json_path}: image {image}: {what} segment id {seg_id} is not in "
-            f"[1, {coco_format.MAX_SEGMENT_ID}] (0 is VOID).")
+            f"[1, {coco_panoptic.MAX_SEGMENT_ID}] (0 is VOID).")
       if category not in class_of_category:
         raise CocoPanopticFormatError(
             f"{json_path}: image {image}: {what} segment {seg_id} has the unknown "
@@ -161,7 +161,7 @@ class _SegmentTable:
       unknown = np.unique(segment_ids.reshape(-1)[index < 0])
       raise CocoPanopticFormatError(
           f"{self.png_path}: image {self.image}: segment id {int(unknown[0])} "
-          f"(RGB {tuple(int(v) for v in coco_format.id_to_rgb(unknown[:1])[0])}) is in the "
+          f"(RGB {tuple(int(v) for v in coco_panoptic.id_to_rgb(unknown[:1])[0])}) is in the "
           f"{self.what} PNG but not in the segments_info of {self.json_path}"
           + (f" ({unknown.size} such ids)." if unknown.size > 1 else "."))
     return index
@@ -196,8 +196,8 @@ def image_statistics(gt_annotation: Dict[str, Any], pred_annotation: Dict[str, A
   pred = _SegmentTable(pred_annotation, ctx["pred_json"], pred_png, "predicted",
                        ctx["class_of_category"])
   try:
-    gt_ids = coco_format.read_segment_ids(gt_png)
-    pred_ids = coco_format.read_segment_ids(pred_png)
+    gt_ids = coco_panoptic.read_id_png(gt_png)
+    pred_ids = coco_panoptic.read_id_png(pred_png)
   except ValueError as e:
     raise CocoPanopticFormatError(f"Image {gt.image}: {e}") from e
   if gt_ids.shape != pred_ids.shape:
@@ -364,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.per_class:
       categories = _load_json(args.gt_json, "ground-truth").get("categories")
     if args.output_json:
-      coco_format.write_json(args.output_json, result)
+      coco_panoptic.write_json(args.output_json, result)
   except CocoPanopticFormatError as e:
     print(f"coco_pq: error: {e}", file=sys.stderr)
     return 1

@@ -45,7 +45,7 @@ def test_cityscapes_converts_and_inspects(tmp_path):
   assert convert.run_args(["convert", "--dataset=cityscapes", f"--cityscapes_root={root}",
                            "--split=val", f"--output_dir={out}", "--num_shards=1",
                            "--num_workers=1"]) == 0
-  (_, example), = list(inspect_lib.read_records([f"{out}/val-00000-of-00001.tfrecord"]))
+  (_, example), = list(tfrecord.read_examples([f"{out}/val-00000-of-00001.tfrecord"]))
   label = tfrecord.decode_panoptic_png(
       example.features.feature[tfrecord.PANOPTIC_ENCODED].bytes_list.value[0])
   expected = np.full((16, 32), 0)

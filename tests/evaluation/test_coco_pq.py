@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from deeplab_panoptic.evaluation import coco_format
+from deeplab_panoptic.data import coco_panoptic
 from deeplab_panoptic.evaluation import coco_pq
 from tests.conftest import REPO_ROOT
 from tests.evaluation import reference_pq
@@ -209,10 +209,10 @@ def test_error_in_worker_process_propagates(tmp_path):
 # ----------------------------------------------------------------------------
 def test_id_rgb_round_trip():
   ids = np.array([[0, 1, 255, 256], [65535, 65536, (1 << 24) - 1, 4260062]], np.uint32)
-  rgb = coco_format.id_to_rgb(ids)
+  rgb = coco_panoptic.id_to_rgb(ids)
   np.testing.assert_array_equal(rgb[1, 3], [4260062 % 256, 4260062 // 256 % 256,
                                             4260062 // 65536])
-  np.testing.assert_array_equal(coco_format.rgb_to_id(rgb), ids)
+  np.testing.assert_array_equal(coco_panoptic.rgb_to_id(rgb), ids)
 
 
 def test_writer_round_trip(tmp_path):
@@ -221,7 +221,7 @@ def test_writer_round_trip(tmp_path):
   dataset_ids = {0: 0, 1: 17, 2: 5}   # a category id 0 must not collide with VOID
   rng = np.random.default_rng(3)
   panoptics = {}
-  writer = coco_format.CocoPanopticWriter(
+  writer = coco_panoptic.CocoPanopticWriter(
       str(tmp_path / "predictions"), dataset_ids, div, ignore,
       categories=[{"id": v, "name": str(k), "isthing": int(is_thing[k])}
                   for k, v in dataset_ids.items()])
@@ -246,7 +246,7 @@ def test_writer_round_trip(tmp_path):
   assert [a["image_id"] for a in data["annotations"]] == [42, "frankfurt_01", "empty"]
   train_ids = {v: k for k, v in dataset_ids.items()}
   for ann, (name, pan) in zip(data["annotations"], panoptics.items()):
-    ids = coco_format.read_segment_ids(str(tmp_path / "predictions" / "panoptic" /
+    ids = coco_panoptic.read_id_png(str(tmp_path / "predictions" / "panoptic" /
                                            ann["file_name"])).astype(np.int64)
     info = {s["id"]: s for s in ann["segments_info"]}
     # Every PNG id has a segments_info entry and vice versa; 0 is VOID.
@@ -266,8 +266,8 @@ def test_writer_round_trip(tmp_path):
       assert seg["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
                              ys.max() - ys.min() + 1]
     # Back to this library's encoding: the same partition and classes.
-    back = coco_format.coco_to_panoptic(ids, ann["segments_info"], train_ids, is_thing,
-                                        div, ignore)
+    back = coco_panoptic.coco_to_panoptic(ids, ann["segments_info"], train_ids, is_thing,
+                                          div, ignore)
     np.testing.assert_array_equal(back // div, np.where(pan // div == ignore, ignore,
                                                         pan // div))
     pairs = {(int(a), int(b)) for a, b in zip(back.ravel(), pan.ravel())}
@@ -282,10 +282,10 @@ def test_writer_output_is_accepted_by_coco_pq(tmp_path):
   pan = np.full((6, 8), 1 * div, np.int64)
   pan[1:4, 1:4] = 0 * div + 1
   pan[5, :] = ignore * div
-  gt = coco_format.CocoPanopticWriter(str(tmp_path / "gt"), dataset_ids, div, ignore,
-                                      categories=categories)
+  gt = coco_panoptic.CocoPanopticWriter(str(tmp_path / "gt"), dataset_ids, div, ignore,
+                                        categories=categories)
   gt.add("1.jpg", pan)
-  pred = coco_format.CocoPanopticWriter(str(tmp_path / "pred"), dataset_ids, div, ignore)
+  pred = coco_panoptic.CocoPanopticWriter(str(tmp_path / "pred"), dataset_ids, div, ignore)
   pred.add("1.jpg", pan)
   result = coco_pq.pq_compute(gt.close(), pred.close(), str(tmp_path / "gt" / "panoptic"),
                               str(tmp_path / "pred" / "panoptic"), num_workers=1)

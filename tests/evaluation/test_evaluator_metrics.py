@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from deeplab_panoptic import common
 from deeplab_panoptic.data.dataset_info import SHAPES
-from deeplab_panoptic.evaluation import coco_format
+from deeplab_panoptic.data import coco_panoptic
 from deeplab_panoptic.evaluation import coco_pq
 from deeplab_panoptic.evaluation.panoptic_quality import PanopticQuality
 from deeplab_panoptic.postprocess import base as postprocess_base
@@ -113,13 +113,13 @@ def test_evaluator_results_and_predictions(tmp_path):
     written = json.load(f)
   assert [a["file_name"] for a in written["annotations"]] == [
       n.replace(".jpg", ".png") for n in names]
-  gt_writer = coco_format.CocoPanopticWriter(
+  gt_writer = coco_panoptic.CocoPanopticWriter(
       str(tmp_path / "gt"), SHAPES.dataset_id_from_train_id(), DIV, SHAPES.ignore_label,
       categories=SHAPES.coco_categories())
   for name, gt, pred in zip(names, gts, preds):
     h, w = pred.shape
     ann = gt_writer.add(name, gt[:h, :w])
-    ids = coco_format.read_segment_ids(str(tmp_path / "gt" / "panoptic" / ann["file_name"]))
+    ids = coco_panoptic.read_id_png(str(tmp_path / "gt" / "panoptic" / ann["file_name"]))
     for seg in ann["segments_info"]:
       label = np.unique(gt[:h, :w][ids == seg["id"]])[0]
       seg["iscrowd"] = int(SHAPES.is_thing[label // DIV] and label % DIV == 0)
