@@ -14,18 +14,19 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import reader
 from deeplab_panoptic.export import saved_model
-from deeplab_panoptic.losses.mask_losses import MaskTransformerLoss
+from deeplab_panoptic.losses.criterion import Criterion
+from deeplab_panoptic.modeling import base as modeling_base
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess.panoptic import PixelwisePanopticPostprocessor
 from deeplab_panoptic.training import evaluator as evaluator_lib
-from deeplab_panoptic.training import files
 from deeplab_panoptic.training import init_checkpoint as init_checkpoint_lib
 from deeplab_panoptic.training import model_summary
 from deeplab_panoptic.training import strategies
 from deeplab_panoptic.training import trainer as trainer_lib
 from deeplab_panoptic.training.optimizers import DynamicLossScale
 from deeplab_panoptic.training.optimizers import OptimizerGroup
+from deeplab_panoptic.utils import files
 
 _POLICIES = {None: "float32", "float32": "float32", "bfloat16": "mixed_bfloat16",
              "float16": "mixed_float16"}
@@ -73,8 +74,7 @@ class ExperimentConfig:
       from gin): ``@MaskTransformer`` (a set of (class, mask) predictions) or
       ``@SemanticSegmenter`` (per-pixel classes).
     loss: the loss class, ``(batch, outputs) -> {name: scalar}`` with
-      common.LOSS_TOTAL (``@MaskTransformerLoss`` for the DeepLab family,
-      ``@PanopticSegFormerLoss`` for Panoptic SegFormer).
+      common.LOSS_TOTAL: ``@Criterion``, its terms set by a configs/losses/ file.
     postprocessor: the inference class (a ``postprocess.base.Postprocessor``: it
       declares the results it makes, and evaluation, results.json and the
       SavedModel follow that declaration), called with ``is_thing``,
@@ -113,7 +113,7 @@ class ExperimentConfig:
   prepare_data: Optional[Callable[[], None]] = None
   continuous_eval_timeout: int = 3600
   model: Callable[[], keras.Model] = MaskTransformer
-  loss: Callable[[], Callable] = MaskTransformerLoss
+  loss: Callable[[], Callable] = Criterion
   checkpoint_data_iterator: bool = False
   deterministic_ops: bool = False
   seed: Optional[int] = None
@@ -149,6 +149,10 @@ class Experiment:
     set_precision_policy(self.precision)
     with self.strategy.scope():
       self.model = self.config.model()
+      if not isinstance(self.model, modeling_base.SegmentationModel):
+        raise TypeError(f"ExperimentConfig.model built a {type(self.model).__name__}, not a "
+                        "modeling.base.SegmentationModel (@MaskTransformer, "
+                        "@SemanticSegmenter).")
       self.postprocessor = self.config.postprocessor(
           is_thing=self.info.is_thing, label_divisor=self.info.label_divisor,
           ignore_label=self.info.ignore_label)
