@@ -51,12 +51,13 @@ flags, and :func:`register_converter` it under the dataset's name.
 """
 
 import abc
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -69,6 +70,7 @@ from deeplab_panoptic.data import coco_format
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import shapes
 from deeplab_panoptic.data import tfrecord
+from deeplab_panoptic.utils import files
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "conversion_config.json"
@@ -84,6 +86,15 @@ MIN_IMAGES_PER_WORKER = 200
 
 class ConversionError(ValueError):
   """Bad input: the message names the file (and segment)."""
+
+
+@contextlib.contextmanager
+def _as_conversion_error() -> Iterator[None]:
+  """A dataset reader's FormatError (which names the file) becomes a ConversionError."""
+  try:
+    yield
+  except coco_format.FormatError as e:
+    raise ConversionError(str(e)) from e
 
 
 class Converter(abc.ABC):
@@ -154,6 +165,14 @@ _ENTRIES_CACHE: Dict[Tuple[str, str, str, str], List[coco_format.ImageEntry]] = 
 _PAIRS_CACHE: Dict[Tuple[str, str], List[Tuple[str, str]]] = {}
 
 
+def _cached(cache: dict, key: tuple, read: Callable[[], list]) -> list:
+  """``read()`` once per process and key."""
+  if key not in cache:
+    with _as_conversion_error():
+      cache[key] = read()
+  return cache[key]
+
+
 @dataclasses.dataclass
 class CocoPanopticConverter(Converter):
   """A dataset in COCO panoptic format (one JSON + one PNG per image): one split.
@@ -176,13 +195,8 @@ class CocoPanopticConverter(Converter):
 
   def _entries(self) -> List[coco_format.ImageEntry]:
     key = (self.panoptic_json, self.panoptic_dir, self.image_dir, self.dataset.name)
-    if key not in _ENTRIES_CACHE:
-      try:
-        _ENTRIES_CACHE[key] = coco_format.load_annotations(
-            self.panoptic_json, self.panoptic_dir, self.image_dir, self.dataset)
-      except coco_format.FormatError as e:
-        raise ConversionError(str(e)) from e
-    return _ENTRIES_CACHE[key]
+    return _cached(_ENTRIES_CACHE, key, lambda: coco_format.load_annotations(
+        self.panoptic_json, self.panoptic_dir, self.image_dir, self.dataset))
 
   def validate(self) -> None:
     self._entries()
@@ -192,10 +206,8 @@ class CocoPanopticConverter(Converter):
 
   def make_record(self, split: str, index: int) -> Tuple[tf.train.Example, np.ndarray]:
     entry = self._entries()[index]
-    try:
+    with _as_conversion_error():
       image_bytes, image_format, panoptic = coco_format.read_example(entry, self.dataset)
-    except coco_format.FormatError as e:
-      raise ConversionError(str(e)) from e
     example = tfrecord.make_example(
         image_bytes=image_bytes, image_format=image_format, file_name=entry.file_name,
         height=panoptic.shape[0], width=panoptic.shape[1], panoptic=panoptic,
@@ -221,13 +233,8 @@ class CityscapesConverter(Converter):
     return dataset_info_lib.dataset_info(name="cityscapes")
 
   def _pairs(self) -> List[Tuple[str, str]]:
-    key = (self.cityscapes_root, self.split)
-    if key not in _PAIRS_CACHE:
-      try:
-        _PAIRS_CACHE[key] = cityscapes.list_pairs(self.cityscapes_root, self.split)
-      except coco_format.FormatError as e:
-        raise ConversionError(str(e)) from e
-    return _PAIRS_CACHE[key]
+    return _cached(_PAIRS_CACHE, (self.cityscapes_root, self.split),
+                   lambda: cityscapes.list_pairs(self.cityscapes_root, self.split))
 
   def validate(self) -> None:
     self._pairs()
@@ -238,11 +245,9 @@ class CityscapesConverter(Converter):
   def make_record(self, split: str, index: int) -> Tuple[tf.train.Example, np.ndarray]:
     image_path, label_path = self._pairs()[index]
     info = self.info
-    try:
+    with _as_conversion_error():
       image_bytes, image_format, height, width = coco_format.read_image_file(image_path)
       panoptic = cityscapes.read_label(label_path, info)
-    except coco_format.FormatError as e:
-      raise ConversionError(str(e)) from e
     if panoptic.shape != (height, width):
       raise ConversionError(f"{label_path}: the label is {panoptic.shape[0]}x"
                             f"{panoptic.shape[1]} but its image {image_path} is "
@@ -406,7 +411,7 @@ def _stats_of_shard(path: str, info: dataset_info_lib.DatasetInfo) -> dict:
 
 
 def _tmp_prefix(split: str, shard: int, num_shards: int) -> str:
-  return f".{shard_name(split, shard, num_shards)}.tmp-"
+  return files.temporary_prefix(shard_name(split, shard, num_shards))
 
 
 def _write_shard(task: Tuple[Converter, str, int, int, str]) -> Tuple[str, int, dict, bool]:
@@ -421,9 +426,7 @@ def _write_shard(task: Tuple[Converter, str, int, int, str]) -> Tuple[str, int, 
   if os.path.exists(path):
     return split, shard, _stats_of_shard(path, info), True
   stats = _new_stats(info.num_classes)
-  tmp_path = os.path.join(output_dir,
-                          f"{_tmp_prefix(split, shard, num_shards)}{os.getpid()}")
-  try:
+  with files.atomic_output(path) as tmp_path:
     with tf.io.TFRecordWriter(tmp_path) as writer:
       for index in _shard_range(converter.num_examples()[split], shard, num_shards):
         try:
@@ -436,19 +439,7 @@ def _write_shard(task: Tuple[Converter, str, int, int, str]) -> Tuple[str, int, 
                                 f"{type(e).__name__}: {e}") from None
         # Deterministic: map keys sorted, so a shard is byte-identical across runs.
         writer.write(example.SerializeToString(deterministic=True))
-    os.replace(tmp_path, path)
-  finally:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
   return split, shard, stats, False
-
-
-def _write_json(path: str, data: dict) -> None:
-  tmp_path = f"{path}.tmp-{os.getpid()}"
-  with open(tmp_path, "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=2)
-    f.write("\n")
-  os.replace(tmp_path, path)
 
 
 def _read_json_or_none(path: str) -> Optional[dict]:
@@ -491,9 +482,9 @@ def _check_config(output_dir: str, splits: List[str], config: dict,
   existed = os.path.exists(path)
   previous_file = _read_json_or_none(path)
   if any(split not in previous for split in splits) or not existed:
-    _write_json(path, dict(previous, **{split: config for split in splits}))
+    files.write_json_atomic(path, dict(previous, **{split: config for split in splits}))
   if previous_info is None:
-    _write_json(info_path, dataset_info_lib.to_json(info))
+    files.write_json_atomic(info_path, dataset_info_lib.to_json(info))
 
   def restore():
     if previous_info is None and os.path.exists(info_path):
@@ -502,7 +493,7 @@ def _check_config(output_dir: str, splits: List[str], config: dict,
       if os.path.exists(path):
         os.remove(path)
     else:
-      _write_json(path, previous_file)
+      files.write_json_atomic(path, previous_file)
 
   return restore
 
@@ -607,7 +598,7 @@ def convert(converter: Converter, output_dir: str, num_shards: int,
   configs.update({split: config for split in counts})
   summary = {"config": config, "configs": configs, "num_shards": num_shards,
              "classes": info.class_names, "splits": splits, "skipped_shards": skipped}
-  _write_json(summary_path, summary)
+  files.write_json_atomic(summary_path, summary)
   if verbose:
     print(f"Wrote {len(tasks) - skipped} shards ({skipped} already there) to "
           f"{output_dir}")

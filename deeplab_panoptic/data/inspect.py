@@ -316,15 +316,21 @@ def inspect(file_pattern: str, output_dir: str,
 FLAGS = flags.FLAGS
 
 
+# (definer, name, default, help) of each command-line flag.
+_FLAG_TABLE = (
+    (flags.DEFINE_string, "tfrecord", None, "Glob(s) of TFRecord files, comma-separated."),
+    (flags.DEFINE_string, "output_dir", None, "Output folder."),
+    (flags.DEFINE_string, "dataset_info_json", None,
+     "Dataset description (default: dataset_info.json beside the shards)."),
+    (flags.DEFINE_string, "dataset", None, "A registered dataset name (instead of a file)."),
+    (flags.DEFINE_integer, "max_images", None, "Write at most this many images."),
+    (flags.DEFINE_boolean, "overlays", True, "Write overlay images."),
+)
+
+
 def define_flags() -> None:
-  flags.DEFINE_string("tfrecord", None, "Glob(s) of TFRecord files, comma-separated.")
-  flags.DEFINE_string("output_dir", None, "Output folder.")
-  flags.DEFINE_string("dataset_info_json", None,
-                      "Dataset description (default: dataset_info.json beside the "
-                      "shards).")
-  flags.DEFINE_string("dataset", None, "A registered dataset name (instead of a file).")
-  flags.DEFINE_integer("max_images", None, "Write at most this many images.")
-  flags.DEFINE_boolean("overlays", True, "Write overlay images.")
+  for define, name, default, text in _FLAG_TABLE:
+    define(name, default, text)
 
 
 def main(argv: List[str]) -> Optional[int]:
