@@ -1,31 +1,50 @@
-"""Imports every gin-configurable module so gin files can name them."""
+"""Imports every module of the package, so that gin files can name every configurable.
 
-# pylint: disable=unused-import
-from deeplab_panoptic.data import dataset_info
-from deeplab_panoptic.modeling import heads
-from deeplab_panoptic.modeling import meta_arch
-from deeplab_panoptic.modeling.pixel_decoders import kmax as kmax_pixel_decoder
-from deeplab_panoptic.modeling.pixel_encoders import resnet
-from deeplab_panoptic.modeling.transformer_decoders import kmax as kmax_transformer_decoder
-from deeplab_panoptic.training import experiment
-from deeplab_panoptic.training import optimizers
-from deeplab_panoptic.training import strategies
-from deeplab_panoptic.data import convert
-from deeplab_panoptic.data import reader
-from deeplab_panoptic.export import saved_model
-from deeplab_panoptic.losses import mask_losses
-from deeplab_panoptic.postprocess import panoptic
-from deeplab_panoptic.losses import panoptic_segformer
-from deeplab_panoptic.modeling.pixel_encoders import axial_resnet
-from deeplab_panoptic.modeling.pixel_decoders import max_deeplab as max_pixel_decoder
-from deeplab_panoptic.modeling.transformer_decoders import max_deeplab as max_transformer_decoder
-from deeplab_panoptic.modeling.pixel_encoders import pvtv2
-from deeplab_panoptic.modeling.pixel_decoders import deformable as deformable_pixel_decoder
-from deeplab_panoptic.modeling.transformer_decoders import panoptic_segformer as panoptic_segformer_decoder
-from deeplab_panoptic.postprocess import mask_merging
-from deeplab_panoptic.postprocess import maskformer_merging
-from deeplab_panoptic.modeling.layers import cmt_layer
-from deeplab_panoptic.modeling.pixel_decoders import cmt_deeplab as cmt_pixel_decoder
-from deeplab_panoptic.modeling.transformer_decoders import cmt_deeplab as cmt_transformer_decoder
-from deeplab_panoptic.modeling.pixel_encoders import convnext
-from deeplab_panoptic.modeling.pixel_encoders import mobilenet
+gin learns the name of a ``@gin.configurable`` when the module that defines it is
+imported. Rather than a hand-kept list (which a new part can be missing from),
+this module walks the ``deeplab_panoptic`` package and imports each of its
+modules: a part is registered as soon as its file exists. Only the entry points
+are skipped (``SKIPPED``): they hold no configurable and importing them is the
+job of the command line (``main`` itself imports this module).
+``tests/test_registry.py`` checks that every configurable in the source is
+known to gin after ``import deeplab_panoptic.registry``.
+"""
+
+import importlib
+import pkgutil
+from typing import Iterator, List
+
+import deeplab_panoptic
+
+# Packages / modules not imported (with everything under them): entry points.
+SKIPPED = ("deeplab_panoptic.main", "deeplab_panoptic.tools")
+
+
+def _skipped(name: str) -> bool:
+  return any(name == s or name.startswith(s + ".") for s in SKIPPED)
+
+
+def module_names() -> List[str]:
+  """Every module under ``deeplab_panoptic`` but ``SKIPPED``, sorted (subpackages are
+  imported to list their modules)."""
+  return sorted(_walk(deeplab_panoptic.__path__, "deeplab_panoptic."))
+
+
+def _walk(path, prefix: str) -> Iterator[str]:
+  for info in pkgutil.iter_modules(path, prefix):
+    if _skipped(info.name):
+      continue
+    yield info.name
+    if info.ispkg:
+      yield from _walk(importlib.import_module(info.name).__path__, info.name + ".")
+
+
+def import_all() -> List[str]:
+  """Imports every module of ``module_names()``; returns their names."""
+  names = module_names()
+  for name in names:
+    importlib.import_module(name)
+  return names
+
+
+MODULES = import_all()

@@ -67,7 +67,8 @@ def test_drop_path_is_linear_over_blocks():
 @pytest.mark.parametrize("variant,params", [
     # facebookresearch/ConvNeXt convnext_tiny is 28,589,128 params with its head
     # (LN 768 + 768 x 1000 linear): 28,589,128 - 1,536 - 769,000 = 27,818,592, the
-    # deeplab2 encoder count (REFERENCE_FACTS 2.6), as are S / B / L.
+    # deeplab2 encoder count (google-research/deeplab2, model/encoder/convnext.py),
+    # as are S / B / L.
     ("tiny", 27_818_592), ("small", 49_453_152), ("base", 87_564_416),
     ("large", 196_227_264),
 ])

@@ -111,7 +111,8 @@ def test_fresh_layer_keeps_pixels_and_drop_path_trains():
 
 
 def test_parameter_count_matches_deeplab2_max_s_layer():
-  # REFERENCE_FACTS 1.5: 2,517,056 per MaX-S layer (pixel 2048, memory 256).
+  # deeplab2 (google-research/deeplab2, model/layers/dual_path_transformer.py):
+  # 2,517,056 per MaX-S layer (pixel 2048, memory 256).
   layer = DualPathTransformerLayer(256, 128, 256, 8, 2048)
   layer((tf.zeros([1, 2, 2, 2048]), tf.zeros([1, 3, 256])))
   assert model_summary.count_params(layer.weights) == 2_517_056

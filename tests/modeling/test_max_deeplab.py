@@ -113,7 +113,8 @@ def test_max_deeplab_s_parameter_count():
   assert counts["params"] == 61_951_872 + 175_114
   assert abs(counts["params"] / 61.9e6 - 1) < 0.02
   rates = [round(b._drop_path.drop_rate, 3) for b, _, _ in model.pixel_encoder._blocks]
-  # REFERENCE_FACTS 1.6: keep 1.0 in stages 2-3, stage4 [1, .85 x5], stage5 [.85, .8, .8].
+  # deeplab2 (google-research/deeplab2, model/layers/axial_block_groups.py):
+  # keep 1.0 in stages 2-3, stage4 [1, .85 x5], stage5 [.85, .8, .8].
   assert rates == [0.0] * 8 + [0.15] * 5 + [0.15, 0.2, 0.2]
 
 

@@ -8,7 +8,8 @@ from deeplab_panoptic.training import model_summary
 
 
 @pytest.mark.parametrize("model_id,channels,params", [
-    # deeplab2 endpoints and counts (REFERENCE_FACTS 6.3): no global pooling and
+    # deeplab2 endpoints and counts (google-research/deeplab2,
+    # model/encoder/mobilenet.py): no global pooling and
     # no 1x1 classifier conv (576 -> 1024 / 960 -> 1280) after the stride-32 feature.
     ("MobileNetV3Small", (16, 16, 88, 144, 576), 939_120),
     ("MobileNetV3Large", (16, 72, 120, 672, 960), 2_996_352),

@@ -11,7 +11,8 @@ import tf_keras as keras
 from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info
 from deeplab_panoptic.export import saved_model
-from deeplab_panoptic.losses import mask_losses
+from deeplab_panoptic.losses import criterion
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling import heads
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
 from deeplab_panoptic.modeling.transformer_decoders.kmax import KMaXTransformerDecoder
@@ -36,7 +37,7 @@ def _decoder(remax_num_stages=STAGES, strides=(32, 16, 8)):
           atrous_rates=(1,), dropout=0.0))
 
 
-class _TinyPyramid(keras.layers.Layer):
+class _TinyPyramid(base.PixelEncoder):
   """Stand-in encoder: strided convs, ``[B, H, W, 3]`` -> ``{"stride<s>": [B, H/s, W/s, 8]}``
   for s = 4..32 (a real backbone would only slow the XLA compile down)."""
 
@@ -44,6 +45,7 @@ class _TinyPyramid(keras.layers.Layer):
     super().__init__(**kwargs)
     self._stem = keras.layers.Conv2D(8, 4, strides=4)
     self._down = [keras.layers.Conv2D(8, 3, strides=2, padding="same") for _ in range(3)]
+    self.output_channels = {f"stride{s}": 8 for s in (4, 8, 16, 32)}
 
   def call(self, images, training=None):
     x = self._stem(images)
@@ -54,7 +56,7 @@ class _TinyPyramid(keras.layers.Layer):
     return features
 
 
-class _Identity(keras.layers.Layer):
+class _Identity(base.PixelDecoder):
 
   def call(self, features, training=None):
     return features
@@ -160,12 +162,21 @@ def test_inference_graph_does_not_capture_the_heads(model):
                                for op in graph_fn.graph.get_operations())
 
 
+class _PanopticStub:
+  """Stands in for a postprocessor: the export module reads only its declaration."""
+
+  results = frozenset({common.PANOPTIC})
+
+  def __call__(self, *args):
+    return {}
+
+
 def test_export_module_tracks_only_inference_variables(model):
   """What a SavedModel saves is what the export module tracks: the heads are not
   in it, every other weight is."""
   info = dataset_info.from_categories_list(
       "tiny", [{"id": i, "name": f"c{i}", "isthing": i == 1} for i in range(NUM_CLASSES)])
-  module = saved_model.PanopticExportModule(model, lambda *args: {}, input_size=(SIZE, SIZE),
+  module = saved_model.PanopticExportModule(model, _PanopticStub(), input_size=(SIZE, SIZE),
                                             dataset_info=info)
   assert module.model is model
   head_vars = {id(v) for layer in model.training_only_layers for v in layer.weights}
@@ -188,7 +199,7 @@ def test_remax_train_step_compiles_with_xla(model):  # pylint: disable=unused-ar
   tiny = MaskTransformer(pixel_encoder=_TinyPyramid(), pixel_decoder=_Identity(),
                          transformer_decoder=_decoder(remax_num_stages=1, strides=(16,)))
   batch = _batch()
-  loss_fn = mask_losses.MaskTransformerLoss(
+  loss_fn = builders.max_criterion(
       matcher_method="scipy", mask_activation="sigmoid", semantic_weight=0.0,
       instance_discrimination_weight=0.0,  # not ReMaX's; shortens the compile
       remask_num_stages=1, stage_semantic_weight=0.5, reclass_eta=0.1)
@@ -205,7 +216,7 @@ def test_remax_train_step_compiles_with_xla(model):  # pylint: disable=unused-ar
 
   losses, grads = forward_backward(batch, matching)
   assert np.isfinite(losses[common.LOSS_TOTAL].numpy())
-  assert mask_losses.aux_loss_name(0, common.LOSS_STAGE_SEMANTIC) in losses
+  assert criterion.aux_loss_name(0, common.LOSS_STAGE_SEMANTIC) in losses
   assert common.LOSS_STAGE_SEMANTIC not in losses   # the final output is not relaxed
   by_ref = {v.ref(): g for v, g in zip(variables, grads)}
   assert head and all(by_ref[ref] is not None for ref in head)
@@ -220,7 +231,7 @@ def test_panoptic_losses_do_not_train_the_heads(model):
   """ReMask stops the gradient at m_sem: without the per-stage semantic loss the
   heads get no gradient, though ReMask still reads their logits."""
   batch = _batch()
-  loss_fn = mask_losses.MaskTransformerLoss(
+  loss_fn = builders.max_criterion(
       matcher_method="scipy", mask_activation="sigmoid", semantic_weight=0.0,
       remask_num_stages=STAGES, stage_semantic_weight=0.0, reclass_eta=0.1)
   head_vars = [v for layer in model.training_only_layers for v in layer.trainable_variables]
@@ -230,7 +241,7 @@ def test_panoptic_losses_do_not_train_the_heads(model):
   grads = tape.gradient(losses[common.LOSS_TOTAL], head_vars)
   assert all(g is None or not np.any(g.numpy()) for g in grads)
   # ReMask did change the first stages' losses (else the check above is empty).
-  plain = mask_losses.MaskTransformerLoss(
+  plain = builders.max_criterion(
       matcher_method="scipy", mask_activation="sigmoid", semantic_weight=0.0,
       reclass_eta=0.1)(batch, outputs)
   assert not np.isclose(losses["aux_0/" + common.LOSS_PQ_DICE].numpy(),

@@ -16,7 +16,7 @@ import tf_keras as keras
 from deeplab_panoptic import common
 from deeplab_panoptic import registry  # pylint: disable=unused-import
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
-from deeplab_panoptic.losses.mask_losses import MaskTransformerLoss
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling import heads
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
@@ -77,7 +77,6 @@ def _small_kmax():
   gin.parse_config("MaskTransformerPredictor.num_classes = 5\n"
                    "MaskTransformerPredictor.embedding_dim = 16\n"
                    "MaskTransformerPredictor.pixel_head_dim = 16\n"
-                   "MaskTransformerLoss.matcher_method = 'scipy'\n"
                    "learning_rate_schedule.total_steps = 10\n"
                    "make_optimizer.name = 'adamw'\n")
   return MaskTransformer(
@@ -108,7 +107,7 @@ def test_bfloat16_model_builds_and_trains_a_step(clean_state):
       backbone, [v for v in model.trainable_variables if all(v is not b for b in backbone)],
       backbone_learning_rate_multiplier=1.0)
   before = [v.numpy() for v in model.trainable_variables]
-  trainer = _trainer(model, MaskTransformerLoss(), group, _shapes_batch(), 2)
+  trainer = _trainer(model, builders.max_criterion(matcher_method="scipy"), group, _shapes_batch(), 2)
   logs = trainer.train(tf.constant(1))
   assert np.isfinite(float(logs["losses/total_loss"])) and float(logs["losses/total_loss"]) > 0
   assert int(group.iterations.numpy()) == 1
@@ -175,7 +174,7 @@ def test_float16_loss_scaled_steps_apply_skip_and_grow(clean_state):
   assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
 
 
-class _ToyEncoder(keras.layers.Layer):
+class _ToyEncoder(base.PixelEncoder):
   """images [B, H, W, 3] -> {"stride1": [B, H, W, 4], "stride2": [B, H/2, W/2, 4]}."""
 
   def __init__(self, **kwargs):
@@ -189,7 +188,7 @@ class _ToyEncoder(keras.layers.Layer):
     return {"stride1": x, "stride2": tf.nn.relu(self.down(x))}
 
 
-class _ToyDecoder(keras.layers.Layer):
+class _ToyDecoder(base.PixelDecoder):
   """Endpoints -> {"stride1": [B, H, W, 4]} (upsampled stride 2 added, then BN)."""
 
   def __init__(self, **kwargs):
@@ -203,7 +202,7 @@ class _ToyDecoder(keras.layers.Layer):
     return {"stride1": self.bn(self.conv(endpoints["stride1"] + up), training=training)}
 
 
-class _ToyTransformerDecoder(keras.layers.Layer):
+class _ToyTransformerDecoder(base.TransformerDecoder):
   """Features -> (class emb [B, 2, 4], mask emb [B, 2, 4], [aux dict])."""
 
   def __init__(self, **kwargs):
@@ -218,7 +217,7 @@ class _ToyTransformerDecoder(keras.layers.Layer):
     return centers, centers * 2.0, aux
 
 
-class _ToyPredictor(keras.layers.Layer):
+class _ToyPredictor(base.MaskPredictor):
   """(feature [B, H, W, 4], class emb, mask emb) -> class and mask logits."""
 
   def __init__(self, **kwargs):

@@ -160,6 +160,24 @@ class AxialAttention2D(keras.layers.Layer):
     return x
 
 
+def block_widths(kind: str, filters: int, expansion: int, axial_key_expansion: float = 1.0,
+                 axial_value_expansion: float = 2.0):
+  """Widths of a block from its stage's base width ``filters``.
+
+  bottleneck: (f, f, f*e); axial: conv1 and values ``f * value_expansion``, keys
+  ``f * key_expansion``, output f*e (deeplab2 MaX-S: 1 and 2, MaX-L: 2 and 4);
+  basic: (f*e, f*e). Returns (widths, key_dim or None).
+  """
+  if kind == "bottleneck":
+    return (filters, filters, filters * expansion), None
+  if kind == "axial":
+    value = int(round(filters * axial_value_expansion))
+    return (value, value, filters * expansion), int(round(filters * axial_key_expansion))
+  if kind == "basic":
+    return (filters * expansion, filters * expansion), None
+  raise ValueError(f"Unknown block kind {kind!r}; use 'bottleneck', 'axial' or 'basic'.")
+
+
 class ResidualBlock(keras.layers.Layer):
   """Residual block of Axial-ResNet and Wide-ResNet (deeplab2 conventions).
 

@@ -39,8 +39,7 @@ import tf_keras as keras
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.coord_conv import coordinate_grid
 from deeplab_panoptic.modeling.layers.dual_path import (
-    AttentionOperation, DenseBN, DualPathTransformerLayer)
-from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import DualPathConfig
+    AttentionOperation, DenseBN, DualPathConfig, DualPathTransformerLayer)
 
 STATE_MEMORY = "memory"
 STATE_LOGITS = "clustering_logits"

@@ -14,13 +14,20 @@ bilinear weights either).
 """
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 SpatialShapes = Sequence[Tuple[int, int]]
+
+
+def flatten_levels(features: Sequence[tf.Tensor]) -> Tuple[tf.Tensor, List[Tuple[int, int]]]:
+  """Concatenates ``[batch, h_l, w_l, c]`` maps into ``[batch, sum h_l w_l, c]``."""
+  shapes = [(int(f.shape[1]), int(f.shape[2])) for f in features]
+  tokens = [tf.reshape(f, [-1, h * w, f.shape[-1]]) for f, (h, w) in zip(features, shapes)]
+  return tf.concat(tokens, axis=1), shapes
 
 
 def multi_scale_deformable_sampling(value: tf.Tensor, spatial_shapes: SpatialShapes,

@@ -13,6 +13,7 @@ As in deeplab2, similarity logits are batch-normalised per head (in place of the
 1x1 projection whose BN starts at gamma 0, so a fresh layer is the identity.
 """
 
+import gin
 import tensorflow as tf
 import tf_keras as keras
 
@@ -165,3 +166,35 @@ class DualPathTransformerLayer(keras.layers.Layer):
     update = self._pixel_conv3(update, training=training)
     pixel_out = pixel_flat + self._drop_pixel(update, training=training)
     return tf.reshape(pixel_out, [-1, height, width, c_pixel]), memory_out
+
+
+@gin.configurable
+class DualPathConfig:
+  """Widths of the dual-path transformer layers (deeplab2 MaX-S defaults).
+
+  Args:
+    num_memory: N, the memory slots (mask predictions).
+    memory_dim: memory width.
+    bottleneck_dim: width inside the layers.
+    key_dim: total query/key width.
+    value_dim: total value width.
+    num_heads: attention heads.
+    ffn_dim: hidden width of the memory feed-forward network.
+  """
+
+  def __init__(self, num_memory: int = 128, memory_dim: int = 256,
+               bottleneck_dim: int = 256, key_dim: int = 128, value_dim: int = 256,
+               num_heads: int = 8, ffn_dim: int = 2048):
+    self.num_memory = num_memory
+    self.memory_dim = memory_dim
+    self.bottleneck_dim = bottleneck_dim
+    self.key_dim = key_dim
+    self.value_dim = value_dim
+    self.num_heads = num_heads
+    self.ffn_dim = ffn_dim
+
+  def make_layer(self, activation: str, drop_path_rate: float,
+                 name: str) -> DualPathTransformerLayer:
+    return DualPathTransformerLayer(self.bottleneck_dim, self.key_dim, self.value_dim,
+                                    self.num_heads, self.ffn_dim, activation,
+                                    drop_path_rate, name=name)

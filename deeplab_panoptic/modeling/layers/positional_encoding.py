@@ -1,6 +1,7 @@
 """Sine positional encodings (DETR / Deformable DETR), static per feature size."""
 
 import math
+from typing import Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -48,3 +49,9 @@ def sine_positional_encoding(height: int, width: int, num_features: int = 128,
       np.broadcast_to(pos_y[:, None, :], (height, width, num_features)),
       np.broadcast_to(pos_x[None, :, :], (height, width, num_features))], axis=-1)
   return tf.constant(encoding.astype(np.float32))
+
+
+def level_positional_encodings(shapes: Sequence[Tuple[int, int]], dim: int) -> tf.Tensor:
+  """Sine encodings of every level, flattened and concatenated: ``[S, dim]``."""
+  return tf.concat([tf.reshape(sine_positional_encoding(h, w, dim // 2), [h * w, dim])
+                    for h, w in shapes], axis=0)

@@ -34,9 +34,10 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.common import MEMORY
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.pixel_decoders.max_deeplab import MaXPixelDecoder
-from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import MEMORY
 
 
 @gin.configurable
@@ -51,7 +52,7 @@ class CMTPixelDecoder(MaXPixelDecoder):
 
 
 @gin.configurable
-class RecursiveFeatureNetwork(keras.layers.Layer):
+class RecursiveFeatureNetwork(base.PixelEncoder):
   """``num_networks`` stacked (encoder, decoder) pairs connected at one stride.
 
   Input: images ``[B, H, W, 3]``. Output: the last decoder's features
@@ -83,6 +84,11 @@ class RecursiveFeatureNetwork(keras.layers.Layer):
                      for i in range(num_networks)]
     self._connections = [conv.ConvBN(connection_filters, 1, name=f"connection{i + 1}")
                          for i in range(1, num_networks)]
+    for slot, parts, contract in (("pixel_encoder_factory", self.encoders, base.PixelEncoder),
+                                  ("pixel_decoder_factory", self.decoders, base.PixelDecoder)):
+      base.check_part("RecursiveFeatureNetwork", slot, parts[0], contract)
+    # The last network's features (the connection stride's averaged keeps its width).
+    self.output_channels = self.decoders[-1].output_channels
 
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
     features = None
@@ -108,8 +114,11 @@ class RecursiveFeatureNetwork(keras.layers.Layer):
 
 
 @gin.configurable
-class PassThroughPixelDecoder(keras.layers.Layer):
-  """Identity pixel decoder, for pixel encoders that already decode (RFN)."""
+class PassThroughPixelDecoder(base.PixelDecoder):
+  """Identity pixel decoder, for pixel encoders that already decode (RFN).
+
+  Returns its input's features (``output_channels`` None: the encoder's).
+  """
 
   def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
     del training

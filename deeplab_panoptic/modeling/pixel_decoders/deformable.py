@@ -16,22 +16,11 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers.deformable_attention import (
-    MultiScaleDeformableAttention)
-from deeplab_panoptic.modeling.layers.positional_encoding import sine_positional_encoding
-
-
-def flatten_levels(features: Sequence[tf.Tensor]) -> Tuple[tf.Tensor, List[Tuple[int, int]]]:
-  """Concatenates ``[batch, h_l, w_l, c]`` maps into ``[batch, sum h_l w_l, c]``."""
-  shapes = [(int(f.shape[1]), int(f.shape[2])) for f in features]
-  tokens = [tf.reshape(f, [-1, h * w, f.shape[-1]]) for f, (h, w) in zip(features, shapes)]
-  return tf.concat(tokens, axis=1), shapes
-
-
-def level_positional_encodings(shapes: Sequence[Tuple[int, int]], dim: int) -> tf.Tensor:
-  """Sine encodings of every level, flattened and concatenated: ``[S, dim]``."""
-  return tf.concat([tf.reshape(sine_positional_encoding(h, w, dim // 2), [h * w, dim])
-                    for h, w in shapes], axis=0)
+    MultiScaleDeformableAttention, flatten_levels)
+from deeplab_panoptic.modeling.layers.feed_forward import FeedForward
+from deeplab_panoptic.modeling.layers.positional_encoding import level_positional_encodings
 
 
 def encoder_reference_points(shapes: Sequence[Tuple[int, int]]) -> tf.Tensor:
@@ -46,22 +35,6 @@ def encoder_reference_points(shapes: Sequence[Tuple[int, int]]) -> tf.Tensor:
                        (tf.range(w, dtype=tf.float32) + 0.5) / w, indexing="ij")
     points.append(tf.reshape(tf.stack([x, y], axis=-1), [h * w, 2]))
   return tf.concat(points, axis=0)
-
-
-class FeedForward(keras.layers.Layer):
-  """Linear -> activation -> dropout -> linear -> dropout, on ``[..., dim]``."""
-
-  def __init__(self, dim: int, hidden_dim: int, dropout: float, activation: str = "relu",
-               **kwargs):
-    super().__init__(**kwargs)
-    self._fc1 = keras.layers.Dense(hidden_dim, activation=activation, name="fc1")
-    self._fc2 = keras.layers.Dense(dim, name="fc2")
-    self._drop1 = keras.layers.Dropout(dropout)
-    self._drop2 = keras.layers.Dropout(dropout)
-
-  def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
-    return self._drop2(self._fc2(self._drop1(self._fc1(x), training=training)),
-                       training=training)
 
 
 class DeformableEncoderLayer(keras.layers.Layer):
@@ -84,7 +57,7 @@ class DeformableEncoderLayer(keras.layers.Layer):
 
 
 @gin.configurable
-class DeformableEncoder(keras.layers.Layer):
+class DeformableEncoder(base.PixelDecoder):
   """Channel mapper + deformable transformer encoder.
 
   Input: encoder endpoints ``{"stride<s>": [batch, H/s, W/s, c_s]}``.
@@ -117,17 +90,19 @@ class DeformableEncoder(keras.layers.Layer):
     if any(s >= self.input_strides[0] for s in self.fpn_strides):
       raise ValueError(f"DeformableEncoder.fpn_strides {fpn_strides} must be finer than "
                        f"input_strides[0] = {self.input_strides[0]}.")
-    self.output_strides = self.input_strides + tuple(
+    self.encoded_strides = self.input_strides + tuple(
         self.input_strides[-1] * 2 ** (i + 1) for i in range(num_extra_levels))
-    num_levels = len(self.output_strides)
+    num_levels = len(self.encoded_strides)
     self.hidden_dim = hidden_dim
+    self.output_channels = {base.stride_key(s): hidden_dim
+                            for s in self.encoded_strides + self.fpn_strides}
     self._mappers = []
     for s in self.input_strides:
       self._mappers.append((
           keras.layers.Conv2D(hidden_dim, 1, kernel_initializer="glorot_uniform",
                               name=f"mapper_s{s}"),
           keras.layers.GroupNormalization(num_groups, epsilon=1e-5, name=f"mapper_gn_s{s}")))
-    for s in self.output_strides[len(self.input_strides):]:
+    for s in self.encoded_strides[len(self.input_strides):]:
       self._mappers.append((
           keras.Sequential([keras.layers.ZeroPadding2D(1),
                             keras.layers.Conv2D(hidden_dim, 3, 2, padding="valid",
@@ -175,7 +150,7 @@ class DeformableEncoder(keras.layers.Layer):
       tokens = layer(tokens, pos, reference, shapes, training=training)
     outputs = {}
     start = 0
-    for s, (h, w) in zip(self.output_strides, shapes):
+    for s, (h, w) in zip(self.encoded_strides, shapes):
       outputs[f"stride{s}"] = tf.reshape(tokens[:, start:start + h * w],
                                          [-1, h, w, self.hidden_dim])
       start += h * w

@@ -6,6 +6,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling import utils
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock
@@ -45,7 +46,7 @@ class ResizedFuse(keras.layers.Layer):
 
 
 @gin.configurable
-class KMaXPixelDecoder(keras.layers.Layer):
+class KMaXPixelDecoder(base.PixelDecoder):
   """Pixel decoder of kMaX-DeepLab (ReMaX Tab. 12: block counts per stride).
 
   Stage ``i`` runs at ``strides[i]``: it fuses the previous (coarser) stage's output

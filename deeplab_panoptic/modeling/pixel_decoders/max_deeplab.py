@@ -16,14 +16,16 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic import common
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers import conv
-from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock
-from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import (
-    MEMORY, DualPathConfig, block_widths)
+from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock, block_widths
+from deeplab_panoptic.modeling.layers.dual_path import DualPathConfig
 
+MEMORY = common.MEMORY
 # Output key of the feature kept apart for the semantic head (``semantic_stage``);
 # bind ``SemanticHead.input_key`` to it.
-SEMANTIC_FEATURE = "semantic_feature"
+SEMANTIC_FEATURE = common.SEMANTIC_FEATURE
 
 
 def resize_align_corners(x: tf.Tensor, size) -> tf.Tensor:
@@ -77,7 +79,7 @@ class MaXResizedFuse(keras.layers.Layer):
 
 
 @gin.configurable
-class MaXPixelDecoder(keras.layers.Layer):
+class MaXPixelDecoder(base.PixelDecoder):
   """Extra decoder stages of MaX-DeepLab (stacked hourglass when strides repeat).
 
   Input: encoder endpoints ``{"stride<s>": ..., MEMORY: [batch, N, c]}``.
@@ -88,7 +90,7 @@ class MaXPixelDecoder(keras.layers.Layer):
   Args:
     strides: stride of each stage, in order.
     num_blocks: blocks per stage.
-    filters: base width per stage (see ``axial_resnet.block_widths``).
+    filters: base width per stage (see ``layers/axial_attention.block_widths``).
     block_kinds: "bottleneck", "axial" or "basic" per stage.
     transformer: whether each block of a stage is followed by a dual-path layer.
     expansion: output width = base width * expansion.
@@ -151,6 +153,7 @@ class MaXPixelDecoder(keras.layers.Layer):
     self.strides = tuple(strides)
     dual_path = dual_path if dual_path is not None else DualPathConfig()
     self._stages = []
+    self.output_channels = {}  # the last stage at each stride gives its output
     for i, (s, nb, f, kind, tr, rate, fuses) in enumerate(zip(
         strides, num_blocks, filters, block_kinds, transformer, drop_path_rates, fuse)):
       widths, key_dim = block_widths(kind, f, expansion, axial_key_expansion,
@@ -165,6 +168,7 @@ class MaXPixelDecoder(keras.layers.Layer):
                if tr else None)
         blocks.append((block, dpt))
       self._stages.append((s, fuse_layer, blocks))
+      self.output_channels[base.stride_key(s)] = widths[-1]
 
   def call(self, endpoints: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
     produced = {}

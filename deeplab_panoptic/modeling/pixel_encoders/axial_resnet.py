@@ -16,12 +16,14 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic import common
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers import conv
-from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock
-from deeplab_panoptic.modeling.layers.dual_path import DualPathTransformerLayer
+from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock, block_widths
+from deeplab_panoptic.modeling.layers.dual_path import DualPathConfig
 
 # Endpoint key of the memory path: ``[batch, N, memory_dim]``, activated.
-MEMORY = "memory"
+MEMORY = common.MEMORY
 
 
 def drop_path_rate_at(stride: int, keep_prob: float, schedule: str,
@@ -41,57 +43,7 @@ def drop_path_rate_at(stride: int, keep_prob: float, schedule: str,
 
 
 @gin.configurable
-class DualPathConfig:
-  """Widths of the dual-path transformer layers (deeplab2 MaX-S defaults).
-
-  Args:
-    num_memory: N, the memory slots (mask predictions).
-    memory_dim: memory width.
-    bottleneck_dim: width inside the layers.
-    key_dim: total query/key width.
-    value_dim: total value width.
-    num_heads: attention heads.
-    ffn_dim: hidden width of the memory feed-forward network.
-  """
-
-  def __init__(self, num_memory: int = 128, memory_dim: int = 256,
-               bottleneck_dim: int = 256, key_dim: int = 128, value_dim: int = 256,
-               num_heads: int = 8, ffn_dim: int = 2048):
-    self.num_memory = num_memory
-    self.memory_dim = memory_dim
-    self.bottleneck_dim = bottleneck_dim
-    self.key_dim = key_dim
-    self.value_dim = value_dim
-    self.num_heads = num_heads
-    self.ffn_dim = ffn_dim
-
-  def make_layer(self, activation: str, drop_path_rate: float,
-                 name: str) -> DualPathTransformerLayer:
-    return DualPathTransformerLayer(self.bottleneck_dim, self.key_dim, self.value_dim,
-                                    self.num_heads, self.ffn_dim, activation,
-                                    drop_path_rate, name=name)
-
-
-def block_widths(kind: str, filters: int, expansion: int, axial_key_expansion: float = 1.0,
-                 axial_value_expansion: float = 2.0):
-  """Widths of a block from its stage's base width ``filters``.
-
-  bottleneck: (f, f, f*e); axial: conv1 and values ``f * value_expansion``, keys
-  ``f * key_expansion``, output f*e (deeplab2 MaX-S: 1 and 2, MaX-L: 2 and 4);
-  basic: (f*e, f*e). Returns (widths, key_dim or None).
-  """
-  if kind == "bottleneck":
-    return (filters, filters, filters * expansion), None
-  if kind == "axial":
-    value = int(round(filters * axial_value_expansion))
-    return (value, value, filters * expansion), int(round(filters * axial_key_expansion))
-  if kind == "basic":
-    return (filters * expansion, filters * expansion), None
-  raise ValueError(f"Unknown block kind {kind!r}; use 'bottleneck', 'axial' or 'basic'.")
-
-
-@gin.configurable
-class AxialResNet(keras.layers.Layer):
+class AxialResNet(base.PixelEncoder):
   """Axial-ResNet (MaX-DeepLab-S backbone) with dual-path transformer layers.
 
   Stem: 3x3 convs of ``stem_filters`` (the first strided), the last not activated.
@@ -156,8 +108,9 @@ class AxialResNet(keras.layers.Layer):
     super().__init__(**kwargs)
     self._act = conv.get_activation(activation)
     last = len(stem_filters) - 1
-    self._stem = [conv.ConvBN(f, stem_kernel_size, 2 if i == 0 else 1, None if i == last else activation,
-                              name=f"stem_conv{i + 1}") for i, f in enumerate(stem_filters)]
+    self._stem = [conv.ConvBN(f, stem_kernel_size, 2 if i == 0 else 1,
+                              None if i == last else activation, name=f"stem_conv{i + 1}")
+                  for i, f in enumerate(stem_filters)]
     self.dual_path = dual_path if dual_path is not None else DualPathConfig()
     stage_strides = tuple(stage_strides or (2,) * len(num_blocks))
     stage_dual_paths = tuple(stage_dual_paths or (None,) * len(num_blocks))
@@ -166,6 +119,8 @@ class AxialResNet(keras.layers.Layer):
                        "stage_dual_paths need one entry per stage, got "
                        f"{num_blocks}, {filters}, {stage_strides}, {stage_dual_paths}.")
     self._blocks = []  # (block, dual-path layer or None, actual stride after it)
+    # The last feature at each stride is the endpoint: the stem's, then the blocks'.
+    self.output_channels = {base.stride_key(2): int(stem_filters[-1])}
     original, actual = 2, 2
     any_transformer = False
     for i, (n, f, stage_stride, stage_dp) in enumerate(zip(
@@ -194,6 +149,7 @@ class AxialResNet(keras.layers.Layer):
           dpt = dp.make_layer(activation, rate, name=f"{stage_name}_dual_path{j + 1}")
           any_transformer = True
         self._blocks.append((block, dpt, actual))
+        self.output_channels[base.stride_key(actual)] = widths[-1]
     self._memory = None
     if (any_transformer if learn_memory is None else learn_memory):
       self._memory = self.add_weight(

@@ -12,6 +12,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
 
 # Widths and depths of the released models (facebookresearch/ConvNeXt).
@@ -76,7 +77,7 @@ class ConvNeXtBlock(keras.layers.Layer):
 
 
 @gin.configurable
-class ConvNeXtEncoder(keras.layers.Layer):
+class ConvNeXtEncoder(base.PixelEncoder):
   """ConvNeXt backbone with endpoints named by stride.
 
   Input: images ``[batch, height, width, 3]`` normalised to [-1, 1].

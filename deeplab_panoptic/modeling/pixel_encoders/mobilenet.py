@@ -7,16 +7,18 @@ import tensorflow as tf
 import tf_keras as keras
 from official.vision.modeling.backbones import mobilenet as mg_mobilenet
 
+from deeplab_panoptic.modeling import base
+
 
 @gin.configurable
-class MobileNetEncoder(keras.layers.Layer):
+class MobileNetEncoder(base.PixelEncoder):
   """Model Garden MobileNetV3 (``official.vision.modeling.backbones.MobileNet``).
 
-  The endpoints are deeplab2's (REFERENCE_FACTS section 6.3): at strides 4, 8 and
-  16 the *expanded depthwise output* of the last block of that stride (wider than
-  the block output: MobileNetV3-Small 16 / 88 / 144, -Large 72 / 120 / 672
-  channels), at stride 32 the 1x1 conv after the last block (576 / 960), and at
-  stride 2 the stem. The global pooling and the 1x1 classifier conv after it are
+  The endpoints are deeplab2's (google-research/deeplab2, model/encoder/mobilenet.py):
+  at strides 4, 8 and 16 the *expanded depthwise output* of the last block of that
+  stride (wider than the block output: MobileNetV3-Small 16 / 88 / 144, -Large 72 /
+  120 / 672 channels), at stride 32 the 1x1 conv after the last block (576 / 960),
+  and at stride 2 the stem. The global pooling and the 1x1 classifier conv after it are
   not part of the encoder (their weights are never created).
 
   Input: images ``[batch, height, width, 3]`` normalised to [-1, 1].

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
 
 # Widths, depths, heads, SR ratios and MLP ratios of the released models
@@ -175,7 +176,7 @@ class PVTv2Block(keras.layers.Layer):
 
 
 @gin.configurable
-class PVTv2Encoder(keras.layers.Layer):
+class PVTv2Encoder(base.PixelEncoder):
   """PVTv2 backbone with endpoints named by stride.
 
   Input: images ``[batch, height, width, 3]``.

@@ -7,9 +7,11 @@ import tensorflow as tf
 import tf_keras as keras
 from official.vision.modeling.backbones import resnet as mg_resnet
 
+from deeplab_panoptic.modeling import base
+
 
 @gin.configurable
-class ResNetEncoder(keras.layers.Layer):
+class ResNetEncoder(base.PixelEncoder):
   """Model Garden ResNet (``official.vision.modeling.backbones.ResNet``).
 
   Input: images ``[batch, height, width, 3]`` normalised to [-1, 1].

@@ -22,11 +22,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic import common
-from deeplab_panoptic.modeling.heads import MaskTransformerPredictor
+from deeplab_panoptic.common import MEMORY
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers import cmt_layer
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.dual_path import DenseBN
-from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import MEMORY
+from deeplab_panoptic.modeling.layers.mask_predictor import MaskTransformerPredictor
 
 
 class _AuxiliaryHead(keras.layers.Layer):
@@ -57,7 +58,7 @@ class _AuxiliaryHead(keras.layers.Layer):
 
 
 @gin.configurable
-class CMTHead(keras.layers.Layer):
+class CMTHead(base.TransformerDecoder):
   """Final and per-layer predictions of CMT-DeepLab (makes the output dict itself).
 
   Input: pixel-decoder features with ``"stride<output_stride>"`` and ``MEMORY``
@@ -99,6 +100,7 @@ class CMTHead(keras.layers.Layer):
     self._class_ffn = DenseBN(dim, activation, name="class_ffn")
     self._mask_ffn = DenseBN(dim, activation, name="mask_ffn")
     self.predictor = predictor or MaskTransformerPredictor(name="predictor")
+    base.check_part("CMTHead", "predictor", self.predictor, base.MaskPredictor)
     self._aux_heads: Optional[List[_AuxiliaryHead]] = None
 
   @property

@@ -6,13 +6,15 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from deeplab_panoptic.modeling.heads import MaskTransformerPredictor, ReMaXSemanticHead
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers import conv
+from deeplab_panoptic.modeling.layers.aspp import ReMaXSemanticHead
 from deeplab_panoptic.modeling.layers.kmeans_attention import KMaXTransformerLayer
+from deeplab_panoptic.modeling.layers.mask_predictor import MaskTransformerPredictor
 
 
 @gin.configurable
-class KMaXTransformerDecoder(keras.layers.Layer):
+class KMaXTransformerDecoder(base.TransformerDecoder):
   """Stacks of kMaX transformer layers over the pixel decoder's coarse-to-fine features.
 
   Input: pixel-decoder features ``{"stride<s>": [batch, H/s, W/s, c_s]}``.
@@ -76,10 +78,15 @@ class KMaXTransformerDecoder(keras.layers.Layer):
         semantic_head: Optional[keras.layers.Layer] = None
         if len(self._layers) < remax_num_stages:
           semantic_head = remax_head_factory(name=f"remax_semantic_head_s{s}_{j}")
+          base.check_part("KMaXTransformerDecoder", "remax_head_factory()", semantic_head,
+                          base.FeatureHead)
           self._remax_heads.append(semantic_head)
+        predictor = predictor_factory(name=f"aux_predictor_s{s}_{j}")
+        base.check_part("KMaXTransformerDecoder", "predictor_factory()", predictor,
+                        base.MaskPredictor)
         layer = KMaXTransformerLayer(
             center_dim, bottleneck_dim, num_heads, key_dim, bottleneck_dim, ffn_dim,
-            predictor=predictor_factory(name=f"aux_predictor_s{s}_{j}"),
+            predictor=predictor,
             activation=activation, drop_path_rate=drop_path_rate,
             semantic_head=semantic_head, similarity_batch_norm=similarity_batch_norm,
             name=f"kmax_layer_s{s}_{j}")

@@ -12,12 +12,13 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.common import MEMORY
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers.dual_path import DenseBN
-from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import MEMORY
 
 
 @gin.configurable
-class MaXMemoryHead(keras.layers.Layer):
+class MaXMemoryHead(base.TransformerDecoder):
   """Memory -> (class embedding, mask embedding): 1x1 + BN + activation each.
 
   Input: pixel-decoder features holding ``MEMORY``: ``[batch, N, c]``.

@@ -33,10 +33,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic import common
+from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers.deformable_attention import (
-    MultiScaleDeformableAttention)
-from deeplab_panoptic.modeling.pixel_decoders.deformable import (
-    FeedForward, flatten_levels, level_positional_encodings)
+    MultiScaleDeformableAttention, flatten_levels)
+from deeplab_panoptic.modeling.layers.feed_forward import FeedForward
+from deeplab_panoptic.modeling.layers.positional_encoding import level_positional_encodings
 
 
 class MultiHeadAttention(keras.layers.Layer):
@@ -158,7 +159,7 @@ class MLP(keras.layers.Layer):
 
 
 @gin.configurable
-class PanopticSegFormerDecoder(keras.layers.Layer):
+class PanopticSegFormerDecoder(base.TransformerDecoder):
   """Location decoder + mask decoder + class/mask prediction.
 
   The decoder makes the predictions itself (``predicts_outputs``): the
