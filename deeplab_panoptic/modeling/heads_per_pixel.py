@@ -13,13 +13,18 @@ Both wrap ``official.vision.modeling.heads.SegmentationHead``:
   ``auxiliary_head``).
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import gin
 import tensorflow as tf
+import tf_keras as keras
 from official.vision.modeling.heads import segmentation_heads as mg_heads
 
 from deeplab_panoptic.modeling import base
+
+
+def _l2_regularizer(weight_decay: float) -> Optional[keras.regularizers.Regularizer]:
+  return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
 
 
 def _require(owner: str, features: Dict[str, tf.Tensor], key: str, setting: str) -> tf.Tensor:
@@ -53,6 +58,8 @@ class DeepLabV3PlusHead(base.PixelHead):
     use_sync_bn: synchronized batch norm across replicas.
     norm_momentum: batch-norm momentum (Keras convention).
     norm_epsilon: batch-norm epsilon.
+    l2_weight_decay: L2 penalty on the convolution kernels (a
+      ``regularizers.L2(l2_weight_decay / 2)`` loss, Model Garden's way); 0: none.
   """
 
   def __init__(self, num_classes: int = gin.REQUIRED, input_stride: int = 8,
@@ -60,7 +67,8 @@ class DeepLabV3PlusHead(base.PixelHead):
                num_convs: int = 2, num_filters: int = 256,
                use_depthwise_convolution: bool = False, prediction_kernel_size: int = 1,
                activation: str = "relu", use_sync_bn: bool = False,
-               norm_momentum: float = 0.99, norm_epsilon: float = 1e-3, **kwargs):
+               norm_momentum: float = 0.99, norm_epsilon: float = 1e-3,
+               l2_weight_decay: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     if low_level_stride > input_stride:
       raise ValueError(f"DeepLabV3PlusHead.low_level_stride ({low_level_stride}) must "
@@ -75,7 +83,7 @@ class DeepLabV3PlusHead(base.PixelHead):
         prediction_kernel_size=prediction_kernel_size, feature_fusion="deeplabv3plus",
         low_level=self._low_level_key, low_level_num_filters=low_level_num_filters,
         activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon)
+        norm_epsilon=norm_epsilon, kernel_regularizer=_l2_regularizer(l2_weight_decay))
 
   @property
   def model_garden_layer(self) -> mg_heads.SegmentationHead:
@@ -109,18 +117,21 @@ class FCNHead(base.PixelHead):
     use_sync_bn: synchronized batch norm across replicas.
     norm_momentum: batch-norm momentum (Keras convention).
     norm_epsilon: batch-norm epsilon.
+    l2_weight_decay: L2 penalty on the convolution kernels (a
+      ``regularizers.L2(l2_weight_decay / 2)`` loss, Model Garden's way); 0: none.
   """
 
   def __init__(self, num_classes: int = gin.REQUIRED, input_key: str = "stage4",
                num_convs: int = 1, num_filters: int = 256, activation: str = "relu",
                use_sync_bn: bool = False, norm_momentum: float = 0.99,
-               norm_epsilon: float = 1e-3, **kwargs):
+               norm_epsilon: float = 1e-3, l2_weight_decay: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     self._key = str(input_key)
     self._head = mg_heads.SegmentationHead(
         num_classes=num_classes, level=self._key, num_convs=num_convs,
         num_filters=num_filters, feature_fusion=None, activation=activation,
-        use_sync_bn=use_sync_bn, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+        use_sync_bn=use_sync_bn, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+        kernel_regularizer=_l2_regularizer(l2_weight_decay))
 
   @property
   def model_garden_layer(self) -> mg_heads.SegmentationHead:

@@ -79,7 +79,7 @@ class SemanticSegmenter(base.SegmentationModel):
     """Calls part ``name``, under tf.recompute_grad when configured and training."""
     part = getattr(self, name)
     if training and name in self.recompute:
-      return meta_arch._recompute_call(part, inputs, training)  # pylint: disable=protected-access
+      return meta_arch._recompute_call(part, (inputs,), training)  # pylint: disable=protected-access
     return part(inputs, training=training)
 
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Sequence
 
 import gin
 import tensorflow as tf
+import tf_keras as keras
 from official.vision.modeling.decoders import aspp as mg_aspp
 
 from deeplab_panoptic.modeling import base
@@ -42,13 +43,16 @@ class ASPPPixelDecoder(base.PixelDecoder):
     use_sync_bn: synchronized batch norm across replicas.
     norm_momentum: batch-norm momentum (Keras convention).
     norm_epsilon: batch-norm epsilon.
+    l2_weight_decay: L2 penalty on the convolution kernels (a
+      ``regularizers.L2(l2_weight_decay / 2)`` loss, Model Garden's way); 0: none.
   """
 
   def __init__(self, input_stride: int = 8, dilation_rates: Sequence[int] = (12, 24, 36),
                num_filters: int = 256, pool_kernel_size: Optional[Sequence[int]] = None,
                dropout_rate: float = 0.0, use_depthwise_convolution: bool = False,
                activation: str = "relu", use_sync_bn: bool = False,
-               norm_momentum: float = 0.99, norm_epsilon: float = 1e-3, **kwargs):
+               norm_momentum: float = 0.99, norm_epsilon: float = 1e-3,
+               l2_weight_decay: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     level = int(round(math.log2(input_stride))) if input_stride > 0 else -1
     if level < 0 or 2 ** level != input_stride:
@@ -60,7 +64,9 @@ class ASPPPixelDecoder(base.PixelDecoder):
         pool_kernel_size=None if pool_kernel_size is None else list(pool_kernel_size),
         use_sync_bn=use_sync_bn, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
         activation=activation, dropout_rate=dropout_rate,
-        use_depthwise_convolution=use_depthwise_convolution, output_tensor=True)
+        use_depthwise_convolution=use_depthwise_convolution, output_tensor=True,
+        kernel_regularizer=(keras.regularizers.L2(l2_weight_decay / 2.0)
+                            if l2_weight_decay else None))
     self.output_channels = {self._key: int(num_filters)}
 
   @property

@@ -25,6 +25,10 @@ def stage_key(stage: int) -> str:
   return f"{STAGE_PREFIX}{int(stage)}"
 
 
+def _l2_regularizer(weight_decay: float) -> Optional[keras.regularizers.Regularizer]:
+  return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+
+
 @gin.configurable
 class DilatedResNetEncoder(base.PixelEncoder):
   """Model Garden's DeepLab ResNet (bottleneck ResNet-50/101/152/200, dilated).
@@ -59,6 +63,9 @@ class DilatedResNetEncoder(base.PixelEncoder):
     norm_momentum: batch-norm momentum (Keras convention).
     norm_epsilon: batch-norm epsilon.
     stage_endpoints: also return ``"stage<k>"`` endpoints (see above).
+    l2_weight_decay: L2 penalty on the convolution kernels, Model Garden's way
+      (a ``regularizers.L2(l2_weight_decay / 2)`` loss, which the trainer adds
+      to the total: the gradient of PyTorch SGD's ``weight_decay``); 0: none.
   """
 
   def __init__(self, model_id: int = 101, output_stride: int = 8, stem_type: str = "v0",
@@ -67,7 +74,7 @@ class DilatedResNetEncoder(base.PixelEncoder):
                se_ratio: Optional[float] = None, init_stochastic_depth_rate: float = 0.0,
                activation: str = "relu", use_sync_bn: bool = False,
                norm_momentum: float = 0.99, norm_epsilon: float = 1e-3,
-               stage_endpoints: bool = False, **kwargs):
+               stage_endpoints: bool = False, l2_weight_decay: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     if output_stride not in OUTPUT_STRIDES:
       raise ValueError(f"DilatedResNetEncoder.output_stride must be one of "
@@ -84,7 +91,8 @@ class DilatedResNetEncoder(base.PixelEncoder):
         init_stochastic_depth_rate=init_stochastic_depth_rate,
         multigrid=None if multigrid is None else list(multigrid),
         last_stage_repeats=last_stage_repeats, activation=activation,
-        use_sync_bn=use_sync_bn, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+        use_sync_bn=use_sync_bn, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+        kernel_regularizer=_l2_regularizer(l2_weight_decay))
     # Model Garden keys its endpoints by level (log2 of the stride); the entry at
     # log2(output_stride) is the final stage's output.
     outputs = {base.stride_key(2 ** int(level)): tensor
