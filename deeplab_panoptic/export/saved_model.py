@@ -32,6 +32,7 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.data import tfrecord
+from deeplab_panoptic.modeling import base as modeling_base
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess import resolution
 
@@ -139,8 +140,9 @@ class PanopticExportModule(tf.Module):
     # and only the variables outside its `training_only_layers` (semantic heads,
     # ReMaX heads; the serving graph never runs them) are tracked and saved.
     self._model_holder = _Untracked(model)
-    training_only = {id(v) for layer in getattr(model, "training_only_layers", [])
-                     for v in layer.weights}
+    modeling_base.check_part("PanopticExportModule", "model", model,
+                             modeling_base.SegmentationModel)
+    training_only = {id(v) for layer in model.training_only_layers for v in layer.weights}
     self.inference_variables = [v for v in model.weights if id(v) not in training_only]
     self.postprocessor = postprocessor
     self.results = postprocess_base.check_results(type(postprocessor).__name__,

@@ -6,6 +6,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.modeling import base as modeling_base
+
 
 def count_params(variables: Sequence[tf.Variable]) -> int:
   """Number of scalars in ``variables`` (unique by identity)."""
@@ -15,12 +17,13 @@ def count_params(variables: Sequence[tf.Variable]) -> int:
   return int(sum(seen.values()))
 
 
-def parameter_counts(model: keras.Model) -> Dict[str, int]:
+def parameter_counts(model: modeling_base.SegmentationModel) -> Dict[str, int]:
   """``params``: the inference model (training-only heads excluded, as the papers
   count, BN statistics included as deeplab2's Keras counts do); ``train_params``:
   every trainable variable, training-only heads included."""
-  training_only = {id(v) for layer in getattr(model, "training_only_layers", [])
-                   for v in layer.weights}
+  modeling_base.check_part("parameter_counts", "model", model,
+                           modeling_base.SegmentationModel)
+  training_only = {id(v) for layer in model.training_only_layers for v in layer.weights}
   inference = [v for v in model.weights if id(v) not in training_only]
   return {"params": count_params(inference),
           "train_params": count_params(model.trainable_weights)}
