@@ -52,7 +52,7 @@ def test_quickstart_train_eval_export_and_reload(tmp_path):
     assert key in results
   assert 0.0 <= results["PQ"] <= 100.0
   assert (model_dir / "operative_config.gin").read_text().strip()
-  assert "MaskTransformerLoss.pq_weight = 3.0" in (model_dir / "operative_config.gin").read_text()
+  assert "PQ_WEIGHT = 3.0" in (model_dir / "operative_config.gin").read_text()
   assert any(f.startswith("ckpt-4") for f in os.listdir(model_dir))
   assert any("tfevents" in f for f in os.listdir(model_dir / "train"))
   assert any("tfevents" in f for f in os.listdir(model_dir / "eval"))

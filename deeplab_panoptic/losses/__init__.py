@@ -7,3 +7,7 @@ cost (configs/losses/ names them).
 # pylint: disable=unused-import
 from deeplab_panoptic.losses import criterion
 from deeplab_panoptic.losses import semantic
+from deeplab_panoptic.losses import mask_losses
+from deeplab_panoptic.losses import cmt
+from deeplab_panoptic.losses import remax
+from deeplab_panoptic.losses import panoptic_segformer

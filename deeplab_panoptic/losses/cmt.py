@@ -1,4 +1,4 @@
-"""CMT-DeepLab loss terms (Yu et al., CVPR 2022).
+"""CMT-DeepLab loss terms (Yu et al., CVPR 2022, arXiv 2206.08948, eq. 13-14).
 
   * Pixel-wise contrastive instance discrimination (eq. 14): |A| pixels are
     sampled per image with a bias towards small masks, and every sampled pixel
@@ -9,7 +9,8 @@
     Hungarian-matched ground-truth mask.
 
 Facts the paper leaves open, taken from deeplab2's implementation of the same
-pixel-wise loss (papers/REFERENCE_FACTS.md section 3): tau = 0.3; sampling is a
+pixel-wise loss (google-research/deeplab2 model/loss/max_deeplab_loss.py,
+pixel-wise instance discrimination of kMaX-DeepLab): tau = 0.3; sampling is a
 Gumbel top-k over labelled pixels with logits T * log(P / area(own mask)), i.e.
 without replacement and p proportional to area^-T (T = 1.5 COCO/ADE, 0.6
 Cityscapes); the anchor itself is one of its positives and one of the
@@ -21,8 +22,11 @@ channels, S sampled pixels, M reference points.
 
 from typing import Optional, Tuple
 
+import gin
 import tensorflow as tf
 
+from deeplab_panoptic import common
+from deeplab_panoptic.losses import criterion as criterion_lib
 from deeplab_panoptic.losses import geometry
 
 # Logit that keeps a pixel out of a softmax / top-k (finite, so no NaN from
@@ -156,3 +160,81 @@ def mask_approximation_loss(reference_points: tf.Tensor,
   matched = tf.reduce_sum(assignment, axis=-1)  # [B, K] in {0, 1}.
   return (tf.reduce_sum(per_mask * matched, axis=-1) /
           tf.maximum(tf.reduce_sum(matched, axis=-1), 1.0))
+
+
+@gin.configurable
+class PixelContrastive(criterion_lib.StageLossTerm):
+  """Pixel-wise instance discrimination (eq. 14), on every stage's
+  common.PRED_PIXEL_EMBEDDING; common.LOSS_INSTANCE_DISCRIMINATION.
+
+  One draw of pixels per call serves every stage, so the stages are compared
+  on the same pixels.
+
+  Args:
+    weight: CMT-DeepLab: 1.0.
+    temperature: tau (0.3).
+    num_samples: |A| (CMT-DeepLab: 4096; deeplab2's ADE20K 641: 1024).
+    sample_temperature: T of the p ~ area^-T sampling (deeplab2: 1.5 COCO /
+      ADE20K, 0.6 Cityscapes).
+  """
+
+  name = common.LOSS_INSTANCE_DISCRIMINATION
+
+  def __init__(self, weight: float = 1.0, temperature: float = 0.3,
+               num_samples: int = 4096, sample_temperature: float = 1.5):
+    super().__init__(weight)
+    if temperature <= 0:
+      raise ValueError(f"PixelContrastive.temperature must be > 0, got "
+                       f"{temperature}.")
+    if num_samples < 1:
+      raise ValueError(f"PixelContrastive.num_samples must be >= 1, got "
+                       f"{num_samples}.")
+    self.temperature = temperature
+    self.num_samples = num_samples
+    self.sample_temperature = sample_temperature
+
+  def per_image(self, inputs: criterion_lib.LossInputs,
+                stage: criterion_lib.Stage) -> tf.Tensor:
+    masks = inputs.targets.masks
+    indices, valid = inputs.cached(
+        ("pixel_contrastive_samples", self.num_samples,
+         self.sample_temperature),
+        lambda: sample_pixels_by_mask_size(masks, self.num_samples,
+                                           self.sample_temperature))
+    return pixel_contrastive_loss(stage.pixel_embedding, masks, indices, valid,
+                                  self.temperature)
+
+
+@gin.configurable
+class MaskApproximation(criterion_lib.StageLossTerm):
+  """Mask-approximation location loss (eq. 13), common.LOSS_MASK_APPROXIMATION.
+
+  On the final output (which must hold common.PRED_REFERENCE_POINTS) and on
+  every auxiliary stage that holds them; a weight of 0 turns it off (no entry).
+
+  Args:
+    weight: CMT-DeepLab: 1.0.
+  """
+
+  name = common.LOSS_MASK_APPROXIMATION
+  needs_matching = True
+
+  def __init__(self, weight: float = 1.0):
+    super().__init__(weight)
+
+  def applies(self, inputs: criterion_lib.LossInputs,
+              stage: criterion_lib.Stage) -> bool:
+    return bool(self.weight) and (
+        stage.is_final or common.PRED_REFERENCE_POINTS in stage.output)
+
+  def per_image(self, inputs: criterion_lib.LossInputs,
+                stage: criterion_lib.Stage) -> tf.Tensor:
+    if common.PRED_REFERENCE_POINTS not in stage.output:
+      raise KeyError(
+          f"MaskApproximation.weight is {self.weight} but the model predicts "
+          f"no {common.PRED_REFERENCE_POINTS!r} (CMT-DeepLab's reference masks:"
+          " CMTLayerConfig.location = True); drop the term (or set its weight "
+          "to 0) for a model without them.")
+    return mask_approximation_loss(
+        stage.require(common.PRED_REFERENCE_POINTS), inputs.targets.masks,
+        stage.assignment, inputs.size)

@@ -119,6 +119,21 @@ class Stage:
     return self.cached("valid_probs", lambda: (
         self.probs * self._inputs.targets.valid_pixels[:, :, tf.newaxis]))
 
+  @property
+  def pixel_embedding(self) -> tf.Tensor:
+    """float32 [B, P, D] unit-length pixel embedding at the loss grid."""
+    return self.cached("pixel_embedding", self._pixel_embedding)
+
+  def _pixel_embedding(self) -> tf.Tensor:
+    embedding = self.require(common.PRED_PIXEL_EMBEDDING)
+    size = self._inputs.size
+    if tuple(embedding.shape[1:3]) != tuple(size):
+      # Interpolation shortens unit vectors; the instance-discrimination
+      # logits (MaX-DeepLab eq. 17) assume unit length.
+      embedding = tf.math.l2_normalize(
+          resize_lib.resize_bilinear(embedding, size), axis=-1)
+    return tf.reshape(embedding, [-1, size[0] * size[1], embedding.shape[-1]])
+
   def require(self, key: str, why: str = "") -> Any:
     """`self.output[key]` as float32, or a KeyError naming the stage."""
     where = f"{self.where} ({why})" if why else self.where
@@ -134,9 +149,11 @@ class LossInputs:
 
   def __init__(self, batch: Mapping[str, Any], outputs: Mapping[str, Any],
                mask_activation: str, crowd_as_void: bool,
-               mask_logit_transform: Optional["MaskLogitTransform"]):
+               mask_logit_transform: Optional["MaskLogitTransform"],
+               aux_weight: float = 1.0):
     self.batch = batch
     self.outputs = outputs
+    self.aux_weight = aux_weight
     self.mask_activation = mask_activation
     self.crowd_as_void = crowd_as_void
     self.mask_logit_transform = mask_logit_transform
@@ -317,15 +334,14 @@ class StageLossTerm(abc.ABC):
   def per_image(self, inputs: LossInputs, stage: Stage) -> tf.Tensor:
     """Unweighted loss of every image at this stage, float32 [B]."""
 
-  def __call__(self, inputs: LossInputs, stage: Stage,
-               aux_weight: float) -> Dict[str, tf.Tensor]:
+  def __call__(self, inputs: LossInputs, stage: Stage) -> Dict[str, tf.Tensor]:
     """{stage.prefix + name: weighted batch mean}."""
     key = stage.prefix + self.name
     if not self.weight:
       return {key: tf.zeros([], tf.float32)}
     value = self.weight * tf.reduce_mean(self.per_image(inputs, stage))
     if not stage.is_final and self.aux_weighted:
-      value = aux_weight * value
+      value = inputs.aux_weight * value
     return {key: value}
 
 
@@ -454,7 +470,8 @@ class Criterion:
              outputs: Mapping[str, Any]) -> LossInputs:
     """The shared, lazily computed view of one call's batch and outputs."""
     return LossInputs(batch, outputs, self.mask_activation,
-                      self.crowd_as_void, self.mask_logit_transform)
+                      self.crowd_as_void, self.mask_logit_transform,
+                      self.aux_weight)
 
   def match(self, batch: Mapping[str, Any],
             outputs: Mapping[str, Any]) -> Matching:
@@ -496,7 +513,7 @@ class Criterion:
       for stage in inputs.stages:
         for term in self.stage_terms:
           if term.applies(inputs, stage):
-            _add(losses, term(inputs, stage, self.aux_weight), term)
+            _add(losses, term(inputs, stage), term)
     for term in self.final_terms:
       if term.applies(inputs):
         _add(losses, term(inputs), term)

@@ -1,4 +1,5 @@
-"""Panoptic SegFormer loss (Li et al., CVPR 2022, eq. 3-4), deep supervision.
+"""Panoptic SegFormer loss terms (Li et al., arXiv 2109.03814, section 3.5,
+eq. 3-4), with deep supervision.
 
   L = λ_cls L_cls + λ_seg L_seg + λ_loc L_loc,   λ = (1, 1, 5)
 
@@ -9,11 +10,15 @@
   * L_loc (eq. 4): L1 between the location decoder's centre û and scale v̂ of
     each matched prediction and the centre f_c(m) and scale f_s(m) of its
     ground-truth mask.
-  * Matching: Hungarian assignment minimising L_cls + L_seg of the pair. The
-    focal part of the cost is what pairing changes in L_cls: the focal loss of
-    class c_i as a positive minus as a negative (the Deformable DETR cost).
+  * Matching (`FocalDiceCost`): Hungarian assignment minimising L_cls + L_seg
+    of the pair. The focal part of the cost is what pairing changes in L_cls:
+    the focal loss of class c_i as a positive minus as a negative (the
+    Deformable DETR cost, arXiv 2010.04159).
 
-Choices the paper leaves open (papers/RECIPES.md section 8): per-image
+The terms are `FocalClassLoss`, `MaskDiceLoss` and `LocationL1`, summed by a
+`criterion.Criterion` (configs/losses/panoptic_segformer.gin).
+
+Choices the paper leaves open (ours; docs/losses.md): per-image
 normalisation by the number of matched ground-truth masks (DETR normalises by
 the batch count; per image keeps shapes static and replica-independent); the
 class logits follow the common.py contract [B, N, C + 1] and the focal loss
@@ -25,20 +30,17 @@ removed from the predicted masks as in the MaX loss; crowd pixels count as
 background of every mask.
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Tuple
 
 import gin
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic.losses import criterion as criterion_lib
 from deeplab_panoptic.losses import geometry
-from deeplab_panoptic.losses import mask_losses
-from deeplab_panoptic.losses import matching as matching_lib
-from deeplab_panoptic.modeling.transformer_decoders.panoptic_segformer import (
-    AUX_LOCATIONS)
+from deeplab_panoptic.losses import targets as targets_lib
 
 SCALE_TARGETS = ("box", "area")
-_OWNER = "PanopticSegFormerLoss"
 
 
 def sigmoid_focal_loss(logits: tf.Tensor, targets: tf.Tensor, alpha: float,
@@ -198,221 +200,146 @@ def location_loss(pred_centre: tf.Tensor, pred_scale: tf.Tensor,
 
 
 @gin.configurable
-class PanopticSegFormerLoss:
-  """Panoptic SegFormer criterion: focal class + Dice mask + location losses.
+class FocalDiceCost(criterion_lib.MatchingCost):
+  """Matching cost λ_cls-focal + λ_seg-Dice of every pair (section 3.5).
 
-  Usage as `MaskTransformerLoss`: `PanopticSegFormerLoss()(batch, outputs)`
-  returns a dict of weighted scalars with common.LOSS_FOCAL_CLASS, LOSS_DICE,
-  LOSS_LOCATION (when the output holds PRED_LOCATION_CENTER/SCALE), their
-  "aux_<i>/" copies for every auxiliary stage, and common.LOSS_TOTAL.
-
-  Stages are `outputs[AUX_OUTPUTS]` in order, then the final output; each one
-  needs PRED_CLASS_LOGITS and PRED_MASK_LOGITS, and gets the location loss
-  when it holds PRED_LOCATION_CENTER and PRED_LOCATION_SCALE (required on the
-  final output when `location_weight` > 0).
+  Args:
+    class_weight: weight of the focal cost (1: the paper's "L_cls + L_seg").
+    dice_weight: weight of the Dice cost (1).
+    focal_alpha: focal α (Deformable DETR: 0.25).
+    focal_gamma: focal γ (2).
+    dice_smooth: Dice smoothing (1).
+    squared_denominator: Σp² + Σg² in the Dice denominator.
   """
 
-  def __init__(self,
-               class_weight: float = 1.0,
-               dice_weight: float = 1.0,
-               location_weight: float = 5.0,
-               focal_alpha: float = 0.25,
-               focal_gamma: float = 2.0,
-               matching_class_weight: float = 1.0,
-               matching_dice_weight: float = 1.0,
-               aux_weight: float = 1.0,
-               matching_mode: str = "per_stage",
-               matcher_method: Optional[str] = None,
-               mask_activation: str = "sigmoid",
-               dice_smooth: float = 1.0,
-               dice_squared_denominator: bool = False,
-               scale_target: str = "box",
-               crowd_as_void: bool = False):
-    """Initialises the loss.
-
-    Args:
-      class_weight: λ_cls (1).
-      dice_weight: λ_seg (1).
-      location_weight: λ_loc (5); 0 disables the location loss.
-      focal_alpha: focal α (Deformable DETR: 0.25).
-      focal_gamma: focal γ (2).
-      matching_class_weight: weight of the focal cost in the matching (1:
-        the paper's "L_cls + L_seg").
-      matching_dice_weight: weight of the Dice cost in the matching (1).
-      aux_weight: multiplies every term of every auxiliary stage.
-      matching_mode: "per_stage" (DETR: every stage matched on its own
-        predictions) or "shared" (the final output's matching for all).
-      matcher_method: "scipy", "tpu", or None (tpu under TPUStrategy).
-      mask_activation: "sigmoid" (per mask) or "softmax" (over masks).
-      dice_smooth: Dice smoothing (1).
-      dice_squared_denominator: Σp² + Σg² in the Dice denominator.
-      scale_target: "box" or "area", see `location_loss`.
-      crowd_as_void: see `mask_losses.prepare_mask_targets`.
-    """
-    if mask_activation not in mask_losses.MASK_ACTIVATIONS:
-      raise ValueError(f"{_OWNER}.mask_activation must be one of "
-                       f"{mask_losses.MASK_ACTIVATIONS}, got "
-                       f"{mask_activation!r}.")
-    if matcher_method not in (None,) + matching_lib.METHODS:
-      raise ValueError(f"{_OWNER}.matcher_method must be one of "
-                       f"{matching_lib.METHODS} or None, got "
-                       f"{matcher_method!r}.")
-    if scale_target not in SCALE_TARGETS:
-      raise ValueError(f"{_OWNER}.scale_target must be one of "
-                       f"{SCALE_TARGETS}, got {scale_target!r}.")
-    mask_losses.check_matching_mode(matching_mode, _OWNER)
+  def __init__(self, class_weight: float = 1.0, dice_weight: float = 1.0,
+               focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+               dice_smooth: float = 1.0, squared_denominator: bool = False):
     self.class_weight = class_weight
     self.dice_weight = dice_weight
-    self.location_weight = location_weight
     self.focal_alpha = focal_alpha
     self.focal_gamma = focal_gamma
-    self.matching_class_weight = matching_class_weight
-    self.matching_dice_weight = matching_dice_weight
-    self.aux_weight = aux_weight
-    self.matching_mode = matching_mode
-    self.matcher_method = matcher_method
-    self.mask_activation = mask_activation
     self.dice_smooth = dice_smooth
-    self.dice_squared_denominator = dice_squared_denominator
-    self.scale_target = scale_target
-    self.crowd_as_void = crowd_as_void
+    self.squared_denominator = squared_denominator
 
-  def _targets(self, batch: Mapping[str, Any], size: Tuple[int, int],
-               num_classes: int) -> mask_losses.MaskTargets:
-    def get(key):
-      return mask_losses.require(batch, key, "batch", _OWNER)
-    return mask_losses.prepare_mask_targets(
-        tf.cast(get(common.GT_MASK_ID), tf.int32),
-        tf.cast(get(common.GT_CLASSES), tf.int32), get(common.GT_IS_THING),
-        tf.cast(get(common.GT_SEMANTIC), tf.int32), size, num_classes,
-        self.crowd_as_void)
-
-  def _prepare(self, batch: Mapping[str, Any], outputs: Mapping[str, Any]):
-    """Targets and the flattened (prefix, where, output, class, probs) list."""
-    mask_logits = mask_losses.require(outputs, common.PRED_MASK_LOGITS,
-                                      "outputs", _OWNER)
-    class_logits = mask_losses.require(outputs, common.PRED_CLASS_LOGITS,
-                                       "outputs", _OWNER)
-    size = tuple(mask_logits.shape[1:3])
-    num_classes = class_logits.shape[-1] - 1
-    targets = self._targets(batch, size, num_classes)
-    stages = []
-    for index, (prefix, output) in enumerate(
-        mask_losses.decoder_stages(outputs)):
-      where = (f"outputs[{common.AUX_OUTPUTS!r}][{index}]" if prefix
-               else "outputs")
-      logits, masks = mask_losses.flat_mask_logits(output, size, where, _OWNER)
-      probs = mask_losses.mask_probabilities(masks, self.mask_activation)
-      probs *= targets.valid_pixels[:, :, tf.newaxis]
-      stages.append((prefix, where, output, logits, probs))
-    return size, targets, stages
-
-  def _cost(self, class_logits: tf.Tensor, probs: tf.Tensor,
-            targets: mask_losses.MaskTargets) -> tf.Tensor:
-    cost = (self.matching_class_weight * focal_matching_cost(
-        class_logits, targets.classes, self.focal_alpha, self.focal_gamma) +
-            self.matching_dice_weight * pairwise_dice_loss(
-                targets.masks, probs, self.dice_smooth,
-                self.dice_squared_denominator))
+  def __call__(self, inputs: criterion_lib.LossInputs,
+               stage: criterion_lib.Stage) -> tf.Tensor:
+    targets = inputs.targets
+    cost = (self.class_weight * focal_matching_cost(
+        stage.class_logits, targets.classes, self.focal_alpha,
+        self.focal_gamma) + self.dice_weight * pairwise_dice_loss(
+            targets.masks, stage.valid_probs, self.dice_smooth,
+            self.squared_denominator))
     return tf.stop_gradient(cost)
 
-  def match(self, batch: Mapping[str, Any], outputs: Mapping[str, Any]
-            ) -> Union[tf.Tensor, List[tf.Tensor]]:
-    """As `MaskTransformerLoss.match`: [B, K] ("shared") or a per-stage list."""
-    _, targets, stages = self._prepare(batch, outputs)
-    if self.matching_mode == "shared":
-      stages = stages[-1:]
-    matched = [matching_lib.match_ground_truth(
-        self._cost(logits, probs, targets), targets.present,
-        self.matcher_method) for _, _, _, logits, probs in stages]
-    return matched[0] if self.matching_mode == "shared" else matched
 
-  def __call__(self, batch: Mapping[str, Any], outputs: Mapping[str, Any],
-               matching: Optional[Union[tf.Tensor, Sequence[tf.Tensor]]] = None
-               ) -> Dict[str, tf.Tensor]:
-    """Computes all losses.
+@gin.configurable
+class FocalClassLoss(criterion_lib.StageLossTerm):
+  """L_cls, common.LOSS_FOCAL_CLASS: sigmoid focal loss over the C classes.
 
-    Args:
-      batch: dict with common.GT_MASK_ID, GT_CLASSES, GT_IS_THING, GT_SEMANTIC.
-      outputs: dict with common.PRED_CLASS_LOGITS [B,N,C+1], PRED_MASK_LOGITS
-        [B,h,w,N], optionally PRED_LOCATION_CENTER [B,N,2] and
-        PRED_LOCATION_SCALE [B,N,2 or 1], AUX_OUTPUTS with the same keys, and
-        optionally AUX_LOCATIONS (earlier location-decoder layers' centre and
-        scale, supervised with the final stage's matching).
-      matching: optional result of `match`.
+  Args:
+    weight: λ_cls (1).
+    alpha: focal α (0.25).
+    gamma: focal γ (2).
+  """
 
-    Returns:
-      Dict of weighted float32 scalars, LOSS_TOTAL their sum.
-    """
-    size, targets, stages = self._prepare(batch, outputs)
-    num_masks = targets.present.shape[-1]
-    num_predictions = stages[-1][3].shape[1]
-    if matching is None:
-      if self.matching_mode == "shared":
-        _, _, _, logits, probs = stages[-1]
-        matching = matching_lib.match_ground_truth(
-            self._cost(logits, probs, targets), targets.present,
-            self.matcher_method)
-      else:
-        matching = [matching_lib.match_ground_truth(
-            self._cost(logits, probs, targets), targets.present,
-            self.matcher_method) for _, _, _, logits, probs in stages]
-    if isinstance(matching, (list, tuple)):
-      if len(matching) != len(stages):
-        raise ValueError(f"{_OWNER}: {len(matching)} matchings for "
-                         f"{len(stages)} decoder stages.")
-      matchings = list(matching)
-    else:
-      matchings = [matching] * len(stages)
+  name = common.LOSS_FOCAL_CLASS
+  needs_matching = True
 
-    losses = {}
-    final_assignment = None
-    for (prefix, where, output, logits, probs), matched in zip(stages,
-                                                               matchings):
-      matched = tf.stop_gradient(tf.cast(matched, tf.int32))
-      if matched.shape.rank != 2 or matched.shape[-1] != num_masks:
-        raise ValueError(f"{_OWNER}: matching must be [B, {num_masks}], got "
-                         f"{matched.shape}.")
-      if logits.shape[1] != num_predictions:
-        raise ValueError(f"{_OWNER}: {where} has {logits.shape[1]} "
-                         f"predictions, the final output {num_predictions}.")
-      assignment = mask_losses.assignment_matrix(matched, targets.present,
-                                                 num_predictions)
-      weight = self.aux_weight if prefix else 1.0
-      if not prefix:
-        final_assignment = assignment
-      losses[prefix + common.LOSS_FOCAL_CLASS] = (
-          weight * self.class_weight * tf.reduce_mean(focal_class_loss(
-              logits, assignment, targets.classes, self.focal_alpha,
-              self.focal_gamma)))
-      losses[prefix + common.LOSS_DICE] = (
-          weight * self.dice_weight * tf.reduce_mean(matched_dice_loss(
-              targets.masks, probs, assignment, self.dice_smooth,
-              self.dice_squared_denominator)))
-      has_location = (common.PRED_LOCATION_CENTER in output or
-                      common.PRED_LOCATION_SCALE in output)
-      if self.location_weight and (has_location or not prefix):
-        centre = tf.cast(mask_losses.require(
-            output, common.PRED_LOCATION_CENTER, where, _OWNER), tf.float32)
-        scale = tf.cast(mask_losses.require(
-            output, common.PRED_LOCATION_SCALE, where, _OWNER), tf.float32)
-        losses[prefix + common.LOSS_LOCATION] = (
-            weight * self.location_weight * tf.reduce_mean(location_loss(
-                centre, scale, targets.masks, assignment, size,
-                self.scale_target)))
-    # Earlier location-decoder layers (box refinement): L_loc against the final
-    # matching, the one assignment of queries to masks the location decoder serves.
-    for index, output in enumerate(outputs.get(AUX_LOCATIONS, []) or []):
-      if not self.location_weight:
-        break
-      where = f"outputs[{AUX_LOCATIONS!r}][{index}]"
-      centre = tf.cast(mask_losses.require(
-          output, common.PRED_LOCATION_CENTER, where, _OWNER), tf.float32)
-      scale = tf.cast(mask_losses.require(
-          output, common.PRED_LOCATION_SCALE, where, _OWNER), tf.float32)
+  def __init__(self, weight: float = 1.0, alpha: float = 0.25,
+               gamma: float = 2.0):
+    super().__init__(weight)
+    self.alpha = alpha
+    self.gamma = gamma
+
+  def per_image(self, inputs: criterion_lib.LossInputs,
+                stage: criterion_lib.Stage) -> tf.Tensor:
+    return focal_class_loss(stage.class_logits, stage.assignment,
+                            inputs.targets.classes, self.alpha, self.gamma)
+
+
+@gin.configurable
+class MaskDiceLoss(criterion_lib.StageLossTerm):
+  """L_seg, common.LOSS_DICE: Dice loss of the matched pairs.
+
+  Args:
+    weight: λ_seg (1).
+    smooth: Dice smoothing (1).
+    squared_denominator: Σp² + Σg² in the denominator (V-Net form).
+  """
+
+  name = common.LOSS_DICE
+  needs_matching = True
+
+  def __init__(self, weight: float = 1.0, smooth: float = 1.0,
+               squared_denominator: bool = False):
+    super().__init__(weight)
+    self.smooth = smooth
+    self.squared_denominator = squared_denominator
+
+  def per_image(self, inputs: criterion_lib.LossInputs,
+                stage: criterion_lib.Stage) -> tf.Tensor:
+    return matched_dice_loss(inputs.targets.masks, stage.valid_probs,
+                             stage.assignment, self.smooth,
+                             self.squared_denominator)
+
+
+@gin.configurable
+class LocationL1(criterion_lib.StageLossTerm):
+  """L_loc (eq. 4), common.LOSS_LOCATION, and the location decoder's layers.
+
+  On the final output (which must hold common.PRED_LOCATION_CENTER and
+  PRED_LOCATION_SCALE) and every auxiliary stage holding them; with the final
+  output it also reports "location_<i>/location_loss" for each earlier
+  location-decoder layer in outputs[common.AUX_LOCATIONS] (box refinement),
+  against the final matching, the one assignment of queries to masks the
+  location decoder serves, times `Criterion.aux_weight`. A weight of 0 turns
+  it off (no entries).
+
+  Args:
+    weight: λ_loc (5).
+    scale_target: "box" or "area", see `location_loss` (the decoder's
+      `PanopticSegFormerDecoder` scale output must agree).
+  """
+
+  name = common.LOSS_LOCATION
+  needs_matching = True
+
+  def __init__(self, weight: float = 5.0, scale_target: str = "box"):
+    super().__init__(weight)
+    if scale_target not in SCALE_TARGETS:
+      raise ValueError(f"LocationL1.scale_target must be one of "
+                       f"{SCALE_TARGETS}, got {scale_target!r}.")
+    self.scale_target = scale_target
+
+  def applies(self, inputs: criterion_lib.LossInputs,
+              stage: criterion_lib.Stage) -> bool:
+    has_location = (common.PRED_LOCATION_CENTER in stage.output or
+                    common.PRED_LOCATION_SCALE in stage.output)
+    return bool(self.weight) and (has_location or stage.is_final)
+
+  def _loss(self, inputs: criterion_lib.LossInputs, output, where: str,
+            assignment: tf.Tensor) -> tf.Tensor:
+    def get(key):
+      return tf.cast(targets_lib.require(output, key, where),
+                     tf.float32)
+    return location_loss(get(common.PRED_LOCATION_CENTER),
+                         get(common.PRED_LOCATION_SCALE), inputs.targets.masks,
+                         assignment, inputs.size, self.scale_target)
+
+  def per_image(self, inputs: criterion_lib.LossInputs,
+                stage: criterion_lib.Stage) -> tf.Tensor:
+    return self._loss(inputs, stage.output, stage.where, stage.assignment)
+
+  def __call__(self, inputs: criterion_lib.LossInputs,
+               stage: criterion_lib.Stage) -> Dict[str, tf.Tensor]:
+    losses = super().__call__(inputs, stage)
+    if not stage.is_final:
+      return losses
+    layers = inputs.outputs.get(common.AUX_LOCATIONS, None) or []
+    for index, output in enumerate(layers):
+      where = f"outputs[{common.AUX_LOCATIONS!r}][{index}]"
       losses[f"location_{index}/" + common.LOSS_LOCATION] = (
-          self.aux_weight * self.location_weight * tf.reduce_mean(location_loss(
-              centre, scale, targets.masks, final_assignment, size,
-              self.scale_target)))
-    losses[common.LOSS_TOTAL] = tf.add_n(list(losses.values()))
+          inputs.aux_weight * self.weight * tf.reduce_mean(
+              self._loss(inputs, output, where, stage.assignment)))
     return losses

@@ -14,7 +14,7 @@ its mask with every ground-truth class region:
   y_m = σ(m_pan)^T S / sum_i s_i    (per class: mask mass in it / its area)
   ŷ   = η y_m + (1 - η y_m) y       (η = 0.1)
 
-Choices where the paper is silent (papers/RECIPES.md section 8):
+Choices where the paper is silent (ours; docs/losses.md):
   * p in eq. 1 is the C real-class logits (the void logit is left out) and
     keeps its gradient; only m_sem is stopped.
   * ReClass uses the mask activation of the loss (sigmoid in ReMaX, softmax
@@ -23,7 +23,16 @@ Choices where the paper is silent (papers/RECIPES.md section 8):
     the matched predictions only; unmatched ones keep the void target.
 """
 
+from typing import Any, Mapping, Tuple
+
+import gin
 import tensorflow as tf
+
+from deeplab_panoptic import common
+from deeplab_panoptic.losses import criterion as criterion_lib
+from deeplab_panoptic.losses import mask_losses
+from deeplab_panoptic.losses import targets as targets_lib
+from deeplab_panoptic.ops import resize as resize_lib
 
 
 def remask_logits(mask_logits: tf.Tensor,
@@ -96,3 +105,70 @@ def reclass_targets(mask_probs: tf.Tensor,
   y = one_hot_targets[..., :num_classes]
   relaxed = eta * y_m + (1.0 - eta * y_m) * y
   return tf.concat([relaxed, one_hot_targets[..., num_classes:]], axis=-1)
+
+
+@gin.configurable
+class ReMask(criterion_lib.MaskLogitTransform):
+  """ReMask (eq. 1-2) on the first `num_stages` decoder stages.
+
+  Those stages' dicts must hold common.PRED_STAGE_SEMANTIC_LOGITS [B, hs, ws,
+  C], resized (bilinear) to the mask grid. Bind `Criterion.mask_logit_transform
+  = @ReMask()`; the stages' own semantic loss is `StageSemanticCrossEntropy`
+  with the same `num_stages`.
+
+  Args:
+    num_stages: ReMask on stages [0, num_stages) (ReMaX: 4; 0 disables).
+  """
+
+  def __init__(self, num_stages: int = 4):
+    if num_stages < 0:
+      raise ValueError(f"ReMask.num_stages must be >= 0, got {num_stages}.")
+    self.num_stages = num_stages
+
+  def __call__(self, index: int, output: Mapping[str, Any], where: str,
+               class_logits: tf.Tensor, mask_logits: tf.Tensor,
+               size: Tuple[int, int]) -> tf.Tensor:
+    if index >= self.num_stages:
+      return mask_logits
+    semantic_logits = tf.cast(targets_lib.require(
+        output, common.PRED_STAGE_SEMANTIC_LOGITS,
+        f"{where} (ReMask stage {index} < num_stages={self.num_stages})"),
+                              tf.float32)
+    flat_semantic = tf.reshape(
+        resize_lib.resize_bilinear(semantic_logits, size),
+        [-1, size[0] * size[1], semantic_logits.shape[-1]])
+    return remask_logits(mask_logits, flat_semantic, class_logits)
+
+
+@gin.configurable
+class ReClass(mask_losses.ClassTargetRelaxation):
+  """ReClass soft targets (eq. 3-4) for `PQClassLoss.target_relaxation`.
+
+  The masks are the stage's logits before ReMask, with the criterion's
+  activation, zero on void pixels; S is the semantic labels at the mask grid.
+
+  Args:
+    eta: η (ReMaX: 0.1; 0 gives the one-hot targets back).
+  """
+
+  def __init__(self, eta: float = 0.1):
+    if not 0.0 <= eta <= 1.0:
+      raise ValueError(f"ReClass.eta must be in [0, 1], got {eta}.")
+    self.eta = eta
+
+  def __call__(self, inputs: criterion_lib.LossInputs,
+               stage: criterion_lib.Stage) -> tf.Tensor:
+    targets = inputs.targets
+    size = inputs.size
+    semantic_masks = inputs.cached("reclass_semantic_masks", lambda: (
+        semantic_one_hot(tf.reshape(
+            resize_lib.resize_nearest(inputs.gt_semantic, size),
+            [-1, size[0] * size[1]]), inputs.num_classes)))
+    one_hot = tf.einsum(
+        "bkn,bkc->bnc", stage.assignment,
+        tf.one_hot(targets.classes, stage.class_logits.shape[-1],
+                   dtype=tf.float32))
+    raw_probs = targets_lib.mask_probabilities(stage.raw_mask_logits,
+                                               inputs.mask_activation)
+    return reclass_targets(raw_probs * targets.valid_pixels[:, :, tf.newaxis],
+                           semantic_masks, one_hot, self.eta)

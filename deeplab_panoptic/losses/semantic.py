@@ -120,3 +120,45 @@ class SemanticCrossEntropy(criterion_lib.LossTerm):
   def per_image(self, inputs: criterion_lib.LossInputs) -> tf.Tensor:
     return semantic_loss(self._logits(inputs), inputs.gt_semantic,
                          inputs.gt_semantic_weight, self.top_k_percent)
+
+
+@gin.configurable
+class StageSemanticCrossEntropy(criterion_lib.StageLossTerm):
+  """ReMaX's per-stage semantic loss, common.LOSS_STAGE_SEMANTIC.
+
+  The cross-entropy of common.PRED_STAGE_SEMANTIC_LOGITS [B, hs, ws, C] of
+  each of the first `num_stages` decoder stages (their ReMask heads), labels
+  resized to the logits. Not multiplied by `Criterion.aux_weight`.
+
+  Args:
+    weight: ReMaX: 0.5.
+    top_k_percent: hard-pixel fraction (as `SemanticCrossEntropy`).
+    num_stages: stages [0, num_stages) (bind it to `ReMask.num_stages`; 0:
+      no entry).
+  """
+
+  name = common.LOSS_STAGE_SEMANTIC
+  aux_weighted = False
+
+  def __init__(self, weight: float = 0.5, top_k_percent: float = 1.0,
+               num_stages: int = 4):
+    super().__init__(weight)
+    _check_top_k(top_k_percent, "StageSemanticCrossEntropy")
+    if num_stages < 0:
+      raise ValueError(f"StageSemanticCrossEntropy.num_stages must be >= 0, "
+                       f"got {num_stages}.")
+    self.top_k_percent = top_k_percent
+    self.num_stages = num_stages
+
+  def applies(self, inputs: criterion_lib.LossInputs,
+              stage: criterion_lib.Stage) -> bool:
+    return bool(self.weight) and stage.index < self.num_stages
+
+  def per_image(self, inputs: criterion_lib.LossInputs,
+                stage: criterion_lib.Stage) -> tf.Tensor:
+    logits = stage.require(
+        common.PRED_STAGE_SEMANTIC_LOGITS,
+        f"stage {stage.index} < StageSemanticCrossEntropy.num_stages="
+        f"{self.num_stages}")
+    return semantic_loss(logits, inputs.gt_semantic, inputs.gt_semantic_weight,
+                         self.top_k_percent)

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from deeplab_panoptic import common
 from deeplab_panoptic.losses import cmt
-from deeplab_panoptic.losses import mask_losses
+from tests.losses import builders
 from tests.losses import test_mask_losses as base
 
 M = 4  # reference points per centre in these tests.
@@ -204,7 +204,7 @@ def test_mask_approximation_gradient_matches_finite_differences():
 
 
 # ----------------------------------------------------------------------------
-# Inside MaskTransformerLoss.
+# Inside the criterion (PixelContrastive, MaskApproximation terms).
 # ----------------------------------------------------------------------------
 def _with_reference_points(outputs, rng):
   outputs[common.PRED_REFERENCE_POINTS] = rng.uniform(
@@ -221,7 +221,7 @@ def test_cmt_loss_matches_numpy(activation):
   outputs = _with_reference_points(outputs, np.random.default_rng(12))
   # |A| >= P: every labelled pixel is sampled whatever the noise, so the
   # expected value is deterministic (eq. 14 is invariant to sample order).
-  loss_fn = mask_losses.MaskTransformerLoss(
+  loss_fn = builders.max_criterion(
       matcher_method="scipy", mask_activation=activation,
       instance_discrimination_sample_k=10_000, mask_approximation_weight=1.0)
   result = loss_fn(base._to_tf(batch), base._to_tf(outputs))
@@ -255,7 +255,7 @@ def test_cmt_loss_matches_numpy(activation):
 
 def test_cmt_loss_requires_reference_points_on_the_final_output():
   batch, outputs = base._make_inputs(seed=13, num_aux=0)
-  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy",
-                                            mask_approximation_weight=1.0)
+  loss_fn = builders.max_criterion(matcher_method="scipy",
+                                   mask_approximation_weight=1.0)
   with pytest.raises(KeyError, match=common.PRED_REFERENCE_POINTS):
     loss_fn(base._to_tf(batch), base._to_tf(outputs))

@@ -1,4 +1,4 @@
-"""Tests for deeplab_panoptic.losses.mask_losses against loop implementations."""
+"""MaX-DeepLab's criterion (losses.mask_losses terms) against loop implementations."""
 
 import itertools
 import math
@@ -9,7 +9,11 @@ import pytest
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic.losses import criterion
 from deeplab_panoptic.losses import mask_losses
+from deeplab_panoptic.losses import semantic
+from deeplab_panoptic.losses import targets as targets_lib
+from tests.losses import builders
 
 B, H, W = 2, 8, 8          # ground-truth size
 HP, WP = 4, 4              # prediction size (stride 2 here)
@@ -251,6 +255,12 @@ def _reference_losses(batch, outputs, activation="softmax", **kwargs):
   return {name: float(np.mean(v)) for name, v in terms.items()}
 
 
+_PER_MASK = [common.LOSS_PQ_CLASS, common.LOSS_PQ_DICE, common.LOSS_MASK_ID,
+             common.LOSS_INSTANCE_DISCRIMINATION]
+# The TensorBoard names of MaX-DeepLab's criterion with one aux output.
+_MAX_NAMES = _PER_MASK + [common.LOSS_SEMANTIC, common.LOSS_TOTAL] + [
+    "aux_0/" + name for name in _PER_MASK]
+
 _WEIGHTS = {"pq_class": (3.0, common.LOSS_PQ_CLASS),
             "pq_dice": (3.0, common.LOSS_PQ_DICE),
             "mask_id": (0.3, common.LOSS_MASK_ID),
@@ -276,7 +286,7 @@ def _compare(result, reference, rtol=1e-4, atol=1e-6):
 # ----------------------------------------------------------------------------
 def test_targets_handle_void_crowd_empty_and_vanished_masks():
   batch, _ = _make_inputs()
-  targets = mask_losses.prepare_mask_targets(
+  targets = targets_lib.prepare_mask_targets(
       tf.constant(batch[common.GT_MASK_ID]),
       tf.constant(batch[common.GT_CLASSES]),
       tf.constant(batch[common.GT_IS_THING]),
@@ -301,9 +311,9 @@ def test_targets_handle_void_crowd_empty_and_vanished_masks():
 
 def test_full_loss_matches_loop_implementation():
   batch, outputs = _make_inputs(seed=1)
-  result = mask_losses.MaskTransformerLoss(matcher_method="scipy")(
+  result = builders.max_criterion(matcher_method="scipy")(
       _to_tf(batch), _to_tf(outputs))
-  assert set(result) == set(mask_losses.loss_names(1))
+  assert set(result) == set(_MAX_NAMES)
   _compare(result, _reference_losses(batch, outputs))
 
 
@@ -314,7 +324,7 @@ def test_full_loss_matches_loop_implementation():
 ])
 def test_loss_options_match_loop_implementation(options):
   batch, outputs = _make_inputs(seed=2, num_aux=0)
-  result = mask_losses.MaskTransformerLoss(matcher_method="scipy", **options)(
+  result = builders.max_criterion(matcher_method="scipy", **options)(
       _to_tf(batch), _to_tf(outputs))
   kwargs = {}
   if "negative_class_weighting" in options:
@@ -327,7 +337,7 @@ def test_loss_options_match_loop_implementation(options):
 def test_semantic_top_k_matches_loop_implementation():
   batch, outputs = _make_inputs(seed=3, num_aux=0)
   logits = outputs[common.PRED_SEMANTIC_LOGITS]
-  value = mask_losses.semantic_loss(
+  value = semantic.semantic_loss(
       tf.constant(logits), tf.constant(batch[common.GT_SEMANTIC]),
       tf.constant(batch[common.GT_SEMANTIC_WEIGHT]), top_k_percent=0.25)
   expected = [_np_semantic(batch, logits, b, top_k=0.25) for b in range(B)]
@@ -350,7 +360,7 @@ def test_hand_worked_pq_loss():
       common.PRED_PIXEL_EMBEDDING: tf.ones([1, 2, 2, 1]),
       common.PRED_SEMANTIC_LOGITS: tf.zeros([1, 2, 2, 1]),
   }
-  result = mask_losses.MaskTransformerLoss(matcher_method="scipy")(batch,
+  result = builders.max_criterion(matcher_method="scipy")(batch,
                                                                    outputs)
   # Matching Dice = 2 * (2 * 0.5) / (2 + 2) = 0.5 for both slots.
   # Class: (0.75 * 0.5 * ln2 [positive] + 0.25 * ln2 [negative]) / N=2.
@@ -373,7 +383,7 @@ def test_hand_worked_pq_loss():
 def test_gradients_finite_and_stopped_where_promised():
   batch, outputs = _make_inputs(seed=4)
   batch, outputs = _to_tf(batch), _to_tf(outputs)
-  loss_fn = mask_losses.MaskTransformerLoss(
+  loss_fn = builders.max_criterion(
       matcher_method="scipy", negative_class_weighting="void_fraction")
   matched = loss_fn.match(batch, outputs)
   class_logits = outputs[common.PRED_CLASS_LOGITS]
@@ -404,9 +414,9 @@ def test_gradients_finite_and_stopped_where_promised():
 def test_full_loss_compiles_with_xla_and_matches_scipy():
   batch, outputs = _make_inputs(seed=5)
   batch, outputs = _to_tf(batch), _to_tf(outputs)
-  expected = mask_losses.MaskTransformerLoss(matcher_method="scipy")(batch,
+  expected = builders.max_criterion(matcher_method="scipy")(batch,
                                                                      outputs)
-  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="tpu")
+  loss_fn = builders.max_criterion(matcher_method="tpu")
   compiled = tf.function(loss_fn, jit_compile=True)
   result = compiled(batch, outputs)
   assert set(result) == set(expected)
@@ -414,7 +424,7 @@ def test_full_loss_compiles_with_xla_and_matches_scipy():
     np.testing.assert_allclose(result[name].numpy(), value.numpy(), rtol=1e-4,
                                atol=1e-6, err_msg=name)
   # With a host (scipy) matcher, everything after the matching still compiles.
-  scipy_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy")
+  scipy_fn = builders.max_criterion(matcher_method="scipy")
   matched = scipy_fn.match(batch, outputs)
   compiled = tf.function(
       lambda b, o, m: scipy_fn(b, o, matching=m), jit_compile=True)
@@ -426,7 +436,7 @@ def test_full_loss_compiles_with_xla_and_matches_scipy():
 def test_empty_slots_do_not_change_the_assignment():
   batch, outputs = _make_inputs(seed=6, num_aux=0)
   batch, outputs = _to_tf(batch), _to_tf(outputs)
-  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy")
+  loss_fn = builders.max_criterion(matcher_method="scipy")
   matched = loss_fn.match(batch, outputs).numpy()
   for b in range(B):
     ref = _Reference({k: v.numpy() for k, v in batch.items()}, b)
@@ -441,7 +451,7 @@ def test_empty_slots_do_not_change_the_assignment():
 def test_nan_is_not_hidden():
   batch, outputs = _make_inputs(seed=7, num_aux=0)
   outputs[common.PRED_MASK_LOGITS][0, 0, 0, 0] = np.nan
-  result = mask_losses.MaskTransformerLoss(matcher_method="scipy")(
+  result = builders.max_criterion(matcher_method="scipy")(
       _to_tf(batch), _to_tf(outputs))
   assert np.isnan(result[common.LOSS_TOTAL].numpy())
 
@@ -450,14 +460,20 @@ def test_weights_come_from_gin():
   gin.clear_config()
   try:
     gin.parse_config("""
-        MaskTransformerLoss.pq_weight = 2.0
-        MaskTransformerLoss.mask_id_weight = 0.0
-        MaskTransformerLoss.matcher_method = "scipy"
+        Criterion.terms = [@PQClassLoss(), @PQDiceLoss(), @MaskIDCrossEntropy(),
+                           @InstanceDiscrimination(), @SemanticCrossEntropy()]
+        Criterion.matcher = @HungarianMatcher()
+        HungarianMatcher.cost = @PQSimilarityCost()
+        HungarianMatcher.method = "scipy"
+        PQClassLoss.weight = 2.0
+        PQDiceLoss.weight = 2.0
+        MaskIDCrossEntropy.weight = 0.0
     """)
-    loss_fn = mask_losses.MaskTransformerLoss()
+    loss_fn = criterion.Criterion()
   finally:
     gin.clear_config()
-  assert loss_fn.pq_weight == 2.0 and loss_fn.matcher_method == "scipy"
+  assert loss_fn.matcher.method == "scipy"
+  assert [term.weight for term in loss_fn.stage_terms] == [2.0, 2.0, 0.0, 1.0]
   batch, outputs = _make_inputs(seed=8, num_aux=0)
   result = loss_fn(_to_tf(batch), _to_tf(outputs))
   assert result[common.LOSS_MASK_ID].numpy() == 0.0
@@ -470,7 +486,7 @@ def test_more_ground_truth_masks_than_predictions():
   batch, outputs = _make_inputs(num_aux=0)
   outputs[common.PRED_CLASS_LOGITS] = outputs[common.PRED_CLASS_LOGITS][:, :2]
   outputs[common.PRED_MASK_LOGITS] = outputs[common.PRED_MASK_LOGITS][..., :2]
-  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy")
+  loss_fn = builders.max_criterion(matcher_method="scipy")
   matched = loss_fn.match(_to_tf(batch), _to_tf(outputs)).numpy()
   # Image 0 has 2 real masks, image 1 has 2 (one vanished): all matched.
   for b in range(B):
@@ -482,7 +498,7 @@ def test_more_ground_truth_masks_than_predictions():
   assert sorted(matched[1].tolist()) == [-1, 0, 1]
   result = loss_fn(_to_tf(batch), _to_tf(outputs))
   assert np.isfinite(result[common.LOSS_TOTAL].numpy())
-  compiled = tf.function(mask_losses.MaskTransformerLoss(matcher_method="tpu"),
+  compiled = tf.function(builders.max_criterion(matcher_method="tpu"),
                          jit_compile=True)
   np.testing.assert_allclose(
       compiled(_to_tf(batch), _to_tf(outputs))[common.LOSS_TOTAL].numpy(),
@@ -493,7 +509,7 @@ def test_image_without_ground_truth():
   batch, outputs = _make_inputs(seed=9, num_aux=0)
   batch[common.GT_CLASSES][0] = -1
   batch[common.GT_MASK_ID][0] = -1
-  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy")
+  loss_fn = builders.max_criterion(matcher_method="scipy")
   result = loss_fn(_to_tf(batch), _to_tf(outputs))
   assert np.all(loss_fn.match(_to_tf(batch), _to_tf(outputs)).numpy()[0] == -1)
   for value in result.values():
@@ -512,7 +528,7 @@ def test_image_without_ground_truth():
 
 def test_per_stage_matching_matches_each_stage_on_its_own():
   batch, outputs = _make_inputs(seed=10, num_aux=1)
-  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy",
+  loss_fn = builders.max_criterion(matcher_method="scipy",
                                             matching_mode="per_stage")
   matched = loss_fn.match(_to_tf(batch), _to_tf(outputs))
   assert len(matched) == 2
@@ -533,7 +549,7 @@ def test_per_stage_matching_matches_each_stage_on_its_own():
                       aux[common.PRED_MASK_LOGITS][b])
     expected.append(ref.losses(aux, match)["pq_dice"])
   np.testing.assert_allclose(
-      result[mask_losses.aux_loss_name(0, common.LOSS_PQ_DICE)].numpy(),
+      result[criterion.aux_loss_name(0, common.LOSS_PQ_DICE)].numpy(),
       3.0 * np.mean(expected), rtol=1e-4)
   # A list of matchings can be passed back in (host matcher + XLA loss).
   compiled = tf.function(lambda b, o, m: loss_fn(b, o, matching=m),
@@ -577,7 +593,7 @@ def test_max_term_gradients_match_finite_differences():
           tf.math.l2_normalize(x, axis=-1), gt, present,
           tf.constant([[True, False], [False, True]]), 0.3, "all"),
        embedding),
-      (lambda x: mask_losses.semantic_loss(x, gt_semantic, gt_weight, 0.5),
+      (lambda x: semantic.semantic_loss(x, gt_semantic, gt_weight, 0.5),
        semantic_logits),
   ]
   for index, (fn, x) in enumerate(checks):
@@ -588,12 +604,34 @@ def test_max_term_gradients_match_finite_differences():
 
 def test_bad_configuration_raises():
   batch, outputs = _make_inputs(num_aux=0)
-  with pytest.raises(ValueError, match="matching_mode"):
-    mask_losses.MaskTransformerLoss(matching_mode="every")
+  with pytest.raises(ValueError, match="HungarianMatcher.mode"):
+    builders.max_criterion(matching_mode="every")
+  with pytest.raises(ValueError, match="HungarianMatcher.method"):
+    builders.max_criterion(matcher_method="gpu")
+  with pytest.raises(ValueError, match="HungarianMatcher.cost"):
+    criterion.HungarianMatcher()
+  with pytest.raises(ValueError, match="need a matching"):
+    criterion.Criterion(terms=[mask_losses.PQClassLoss()])
   with pytest.raises(KeyError, match=common.PRED_MASK_LOGITS):
     del outputs[common.PRED_MASK_LOGITS]
-    mask_losses.MaskTransformerLoss()(_to_tf(batch), _to_tf(outputs))
+    builders.max_criterion()(_to_tf(batch), _to_tf(outputs))
   with pytest.raises(ValueError, match="mask_activation"):
-    mask_losses.MaskTransformerLoss(mask_activation="relu")
-  with pytest.raises(ValueError, match="negative_class_weighting"):
-    mask_losses.MaskTransformerLoss(negative_class_weighting="x")
+    builders.max_criterion(mask_activation="relu")
+  with pytest.raises(ValueError, match="negative_weighting"):
+    builders.max_criterion(negative_class_weighting="x")
+  with pytest.raises(ValueError, match="anchors"):
+    mask_losses.InstanceDiscrimination(anchors="stuff")
+  with pytest.raises(ValueError, match="temperature"):
+    mask_losses.InstanceDiscrimination(temperature=0.0)
+  batch, outputs = _make_inputs(num_aux=1)
+  loss_fn = builders.max_criterion(matcher_method="scipy")
+  with pytest.raises(ValueError, match="matching must be"):
+    loss_fn(_to_tf(batch), _to_tf(outputs),
+            matching=tf.zeros([B, K + 1], tf.int32))
+  with pytest.raises(ValueError, match="3 matchings for 2 decoder stages"):
+    loss_fn(_to_tf(batch), _to_tf(outputs),
+            matching=[tf.zeros([B, K], tf.int32)] * 3)
+  outputs[common.AUX_OUTPUTS][0][common.PRED_CLASS_LOGITS] = (
+      outputs[common.AUX_OUTPUTS][0][common.PRED_CLASS_LOGITS][:, :2])
+  with pytest.raises(ValueError, match="predictions, the final output"):
+    loss_fn(_to_tf(batch), _to_tf(outputs))

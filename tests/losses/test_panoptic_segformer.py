@@ -8,7 +8,11 @@ import pytest
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic import main as main_lib
 from deeplab_panoptic.losses import panoptic_segformer as psf
+from deeplab_panoptic.losses import criterion
+from tests.losses import builders
+from tests.conftest import REPO_ROOT
 from tests.losses import test_mask_losses as base
 
 ALPHA, GAMMA = 0.25, 2.0
@@ -109,9 +113,9 @@ def test_focal_loss_matches_numpy():
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 def test_full_loss_matches_numpy(mode, activation):
   batch, outputs = _inputs(seed=31)
-  loss_fn = psf.PanopticSegFormerLoss(matcher_method="scipy",
-                                      matching_mode=mode,
-                                      mask_activation=activation)
+  loss_fn = builders.psf_criterion(matcher_method="scipy",
+                                   matching_mode=mode,
+                                   mask_activation=activation)
   result = loss_fn(base._to_tf(batch), base._to_tf(outputs))
   stages = [("aux_0/", base._resized_aux(outputs[common.AUX_OUTPUTS][0])),
             ("", outputs)]
@@ -142,7 +146,7 @@ def test_full_loss_matches_numpy(mode, activation):
 
 def test_matching_minimises_class_plus_dice_cost():
   batch, outputs = _inputs(seed=32, num_aux=0)
-  matched = psf.PanopticSegFormerLoss(matcher_method="tpu").match(
+  matched = builders.psf_criterion(matcher_method="tpu").match(
       base._to_tf(batch), base._to_tf(outputs))[-1].numpy()  # final stage
   for b in range(base.B):
     ref = _Reference(batch, b)
@@ -221,7 +225,7 @@ def test_images_without_ground_truth_and_too_many_masks():
   batch, outputs = _inputs(seed=33, num_aux=0)
   batch[common.GT_CLASSES][0] = -1           # image 0: no ground truth
   batch[common.GT_MASK_ID][0] = -1
-  result = psf.PanopticSegFormerLoss(matcher_method="scipy")(
+  result = builders.psf_criterion(matcher_method="scipy")(
       base._to_tf(batch), base._to_tf(outputs))
   for value in result.values():
     assert np.isfinite(value.numpy())
@@ -242,32 +246,33 @@ def test_images_without_ground_truth_and_too_many_masks():
               common.PRED_LOCATION_SCALE):
     outputs[key] = outputs[key][:, :2]
   outputs[common.PRED_MASK_LOGITS] = outputs[common.PRED_MASK_LOGITS][..., :2]
-  loss_fn = psf.PanopticSegFormerLoss(matcher_method="scipy")
+  loss_fn = builders.psf_criterion(matcher_method="scipy")
   matched = loss_fn.match(base._to_tf(batch), base._to_tf(outputs))[-1].numpy()
   assert sorted(matched[1][matched[1] >= 0].tolist()) == [0, 1]
   result = loss_fn(base._to_tf(batch), base._to_tf(outputs))
   assert np.isfinite(result[common.LOSS_TOTAL].numpy())
 
 
-def test_gin_and_errors():
+def test_gin_and_errors(monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
   gin.clear_config()
   try:
-    gin.parse_config("""
-        PanopticSegFormerLoss.focal_alpha = 0.5
-        PanopticSegFormerLoss.location_weight = 0.0
-        PanopticSegFormerLoss.matching_mode = 'shared'
-    """)
-    loss_fn = psf.PanopticSegFormerLoss()
+    main_lib.parse_gin(["configs/losses/panoptic_segformer.gin"], [
+        "FOCAL_ALPHA = 0.5", "LocationL1.weight = 0.0",
+        "HungarianMatcher.mode = 'shared'"])
+    loss_fn = criterion.Criterion()
   finally:
     gin.clear_config()
-  assert loss_fn.focal_alpha == 0.5 and loss_fn.matching_mode == "shared"
+  focal, _, location = loss_fn.stage_terms
+  assert focal.alpha == 0.5 and loss_fn.matcher.cost.focal_alpha == 0.5
+  assert loss_fn.matcher.mode == "shared" and location.weight == 0.0
   batch, outputs = base._make_inputs(seed=35, num_aux=0)  # no location keys
   result = loss_fn(base._to_tf(batch), base._to_tf(outputs))
   assert common.LOSS_LOCATION not in result
   with pytest.raises(KeyError, match=common.PRED_LOCATION_CENTER):
-    psf.PanopticSegFormerLoss(matcher_method="scipy")(base._to_tf(batch),
-                                                      base._to_tf(outputs))
-  with pytest.raises(ValueError, match="matching_mode"):
-    psf.PanopticSegFormerLoss(matching_mode="each")
+    builders.psf_criterion(matcher_method="scipy")(base._to_tf(batch),
+                                                   base._to_tf(outputs))
+  with pytest.raises(ValueError, match="HungarianMatcher.mode"):
+    builders.psf_criterion(matching_mode="each")
   with pytest.raises(ValueError, match="scale_target"):
-    psf.PanopticSegFormerLoss(scale_target="radius")
+    builders.psf_criterion(scale_target="radius")

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from deeplab_panoptic import common
-from deeplab_panoptic.losses import mask_losses
 from deeplab_panoptic.losses import remax
+from tests.losses import builders
 from tests.losses import test_mask_losses as base
 
 
@@ -102,7 +102,7 @@ def test_reclass_targets_match_numpy():
 
 
 # ----------------------------------------------------------------------------
-# Inside MaskTransformerLoss.
+# Inside the criterion (ReMask, ReClass, StageSemanticCrossEntropy).
 # ----------------------------------------------------------------------------
 def _with_stage_semantics(outputs, rng):
   for out in [outputs] + outputs[common.AUX_OUTPUTS]:
@@ -132,7 +132,7 @@ def test_remax_loss_matches_numpy(activation):
   batch, outputs = base._make_inputs(seed=21, num_aux=1)
   outputs = _with_stage_semantics(outputs, np.random.default_rng(22))
   # Stages: aux_0 (0), final (1); ReMask on both, ReClass everywhere.
-  loss_fn = mask_losses.MaskTransformerLoss(
+  loss_fn = builders.max_criterion(
       matcher_method="scipy", mask_activation=activation,
       remask_num_stages=2, reclass_eta=0.1)
   result = loss_fn(base._to_tf(batch), base._to_tf(outputs))
@@ -185,7 +185,7 @@ def test_panoptic_losses_send_no_gradient_into_stage_semantics():
   batch, outputs = base._to_tf(batch), base._to_tf(outputs)
   # Stages aux_0, aux_1 get ReMask; aux_1's semantic logits must train only
   # through its semantic loss; the final stage (2) has none.
-  loss_fn = mask_losses.MaskTransformerLoss(
+  loss_fn = builders.max_criterion(
       matcher_method="scipy", mask_activation="sigmoid", remask_num_stages=2,
       reclass_eta=0.1)
   semantic = [aux[common.PRED_STAGE_SEMANTIC_LOGITS]
@@ -210,7 +210,6 @@ def test_panoptic_losses_send_no_gradient_into_stage_semantics():
 
 def test_remask_stage_without_semantic_logits_is_a_clear_error():
   batch, outputs = base._make_inputs(seed=25, num_aux=1)
-  loss_fn = mask_losses.MaskTransformerLoss(matcher_method="scipy",
-                                            remask_num_stages=1)
+  loss_fn = builders.max_criterion(matcher_method="scipy", remask_num_stages=1)
   with pytest.raises(KeyError, match="ReMask stage 0"):
     loss_fn(base._to_tf(batch), base._to_tf(outputs))

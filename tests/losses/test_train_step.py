@@ -6,8 +6,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic import common
-from deeplab_panoptic.losses import mask_losses
-from deeplab_panoptic.losses import panoptic_segformer
+from deeplab_panoptic.losses import criterion
+from tests.losses import builders
 from tests.losses import test_mask_losses as base
 
 NUM_POINTS = 4
@@ -58,14 +58,14 @@ class _TinyMaskTransformer(keras.Model):
 
 
 _LOSSES = {
-    "max_cmt_remax": lambda: mask_losses.MaskTransformerLoss(
+    "max_cmt_remax": lambda: builders.max_criterion(
         matcher_method="tpu", mask_activation="sigmoid",
         instance_discrimination_sample_k=12,
         mask_approximation_weight=1.0, remask_num_stages=2, reclass_eta=0.1),
-    "max_per_stage_softmax": lambda: mask_losses.MaskTransformerLoss(
+    "max_per_stage_softmax": lambda: builders.max_criterion(
         matcher_method="tpu", matching_mode="per_stage",
         negative_class_weighting="void_fraction"),
-    "panoptic_segformer": lambda: panoptic_segformer.PanopticSegFormerLoss(
+    "panoptic_segformer": lambda: builders.psf_criterion(
         matcher_method="tpu"),
 }
 
@@ -128,7 +128,7 @@ def test_train_step_compiles_with_xla(name):
 
 
 def test_max_deeplab_quickstart_train_step_compiles_with_xla():
-  """The MaX quickstart model and its gin-configured MaskTransformerLoss (PQ-style,
+  """The MaX quickstart model and its gin-configured criterion (PQ-style,
   mask-ID, instance discrimination, semantic, aux) in one XLA train step."""
   import gin  # pylint: disable=g-import-not-at-top
   from deeplab_panoptic import main as main_lib  # pylint: disable=g-import-not-at-top
@@ -138,13 +138,13 @@ def test_max_deeplab_quickstart_train_step_compiles_with_xla():
   try:
     # The pure-TF matcher: scipy cannot run inside an XLA cluster.
     main_lib.parse_gin(["experiments/quickstart/max_deeplab_shapes.gin"], [
-        "MaskTransformerLoss.matcher_method = 'tpu'",
+        "HungarianMatcher.method = 'tpu'",
         # One block per encoder stage (the recipe has two in stage 4): the XLA
         # compile time grows with the number of axial blocks, not their width.
         "AxialResNet.num_blocks = (1, 1, 1, 1)",
     ])
     model = MaskTransformer()
-    loss_fn = mask_losses.MaskTransformerLoss()
+    loss_fn = criterion.Criterion()
   finally:
     gin.clear_config()
   tf.random.set_seed(0)

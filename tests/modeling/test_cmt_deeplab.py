@@ -6,7 +6,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic import common
-from deeplab_panoptic.losses.mask_losses import MaskTransformerLoss
 from deeplab_panoptic.modeling import heads
 from deeplab_panoptic.modeling.layers import cmt_layer
 from deeplab_panoptic.modeling.layers.dual_path import DualPathTransformerLayer
@@ -16,6 +15,7 @@ from deeplab_panoptic.modeling.pixel_decoders.cmt_deeplab import (
 from deeplab_panoptic.modeling.pixel_encoders.axial_resnet import MEMORY, AxialResNet
 from deeplab_panoptic.modeling.transformer_decoders.cmt_deeplab import CMTHead
 from deeplab_panoptic.training import model_summary
+from tests.losses import builders
 from tests.losses import test_mask_losses as loss_base
 
 # Tiny layer: N centres of width C, pixels h x w of width CP, M reference points.
@@ -304,8 +304,8 @@ def test_train_step_with_cmt_losses_compiles_with_xla():
   model = _tiny_cmt(num_classes=loss_base.C, axial=False)
   images = tf.random.uniform([loss_base.B, 33, 33, 3], -1, 1, seed=1)
   model(images, training=True)
-  loss_fn = MaskTransformerLoss(matcher_method="scipy", instance_discrimination_sample_k=16,
-                                mask_approximation_weight=1.0, semantic_weight=0.0)
+  loss_fn = builders.max_criterion(matcher_method="scipy", instance_discrimination_sample_k=16,
+                                   mask_approximation_weight=1.0, semantic_weight=0.0)
   variables = model.trainable_variables
   # As the trainer does off-TPU: the host matcher outside, everything else in XLA
   # (the TPU matcher's own XLA compile is tested in tests/losses).

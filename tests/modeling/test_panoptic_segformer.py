@@ -6,7 +6,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic import common
-from deeplab_panoptic.losses.panoptic_segformer import PanopticSegFormerLoss
 from deeplab_panoptic.modeling.layers.deformable_attention import (
     MultiScaleDeformableAttention)
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
@@ -16,6 +15,7 @@ from deeplab_panoptic.modeling.pixel_encoders.resnet import ResNetEncoder
 from deeplab_panoptic.modeling.transformer_decoders.panoptic_segformer import (
     AUX_LOCATIONS, PanopticSegFormerDecoder)
 from deeplab_panoptic.training import model_summary
+from tests.losses import builders
 
 NUM_CLASSES = 3
 QUERIES = 6
@@ -94,7 +94,7 @@ def test_train_step_compiles_with_xla():
   model = _model(mask_layers=1, paper_decoder=True)
   images = tf.random.uniform([2, 32, 32, 3], -1, 1)
   model(images, training=True)
-  loss_fn = PanopticSegFormerLoss(matcher_method="tpu")
+  loss_fn = builders.psf_criterion(matcher_method="tpu")
   batch = _batch(32, 32)
 
   @tf.function(jit_compile=True)
@@ -113,7 +113,7 @@ def test_train_step_compiles_with_xla():
 def test_aux_losses_eager():
   model = _model()
   images = tf.random.uniform([2, 32, 32, 3], -1, 1)
-  losses = PanopticSegFormerLoss(matcher_method="scipy")(_batch(32, 32),
+  losses = builders.psf_criterion(matcher_method="scipy")(_batch(32, 32),
                                                          model(images, training=True))
   assert "aux_0/" + common.LOSS_DICE in losses
   assert np.isfinite(losses[common.LOSS_TOTAL].numpy())
@@ -201,13 +201,13 @@ def test_location_refinement_boxes_and_loss():
   assert model_summary.count_params([w for l in decoder._location_heads for w in l.weights]) \
       == 3 * (16 * 16 + 16 + 16 * 16 + 16 + 16 * 4 + 4)
   outputs = dict(out, **{common.PRED_MASK_LOGITS: tf.random.normal([2, 4, 4, QUERIES])})
-  losses = PanopticSegFormerLoss(matcher_method="scipy")(_batch(4, 4), outputs)
+  losses = builders.psf_criterion(matcher_method="scipy")(_batch(4, 4), outputs)
   assert {"location_0/" + common.LOSS_LOCATION,
           "location_1/" + common.LOSS_LOCATION} <= set(losses)
   # An earlier layer predicting the final boxes gets aux_weight x the final
   # L_loc: it is matched with the final stage's assignment.
   final = {k: out[k] for k in (common.PRED_LOCATION_CENTER, common.PRED_LOCATION_SCALE)}
-  losses = PanopticSegFormerLoss(matcher_method="scipy", aux_weight=0.5)(
+  losses = builders.psf_criterion(matcher_method="scipy", aux_weight=0.5)(
       _batch(4, 4), dict(outputs, **{AUX_LOCATIONS: [final, final]}))
   np.testing.assert_allclose(losses["location_1/" + common.LOSS_LOCATION].numpy(),
                              0.5 * losses[common.LOSS_LOCATION].numpy(), rtol=1e-6)

@@ -17,6 +17,7 @@ from deeplab_panoptic.modeling import heads
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
 from deeplab_panoptic.modeling.transformer_decoders.kmax import KMaXTransformerDecoder
 from deeplab_panoptic.training import model_summary
+from tests.losses import builders
 
 NUM_CLASSES = 3
 N = 6           # cluster centres

@@ -27,6 +27,7 @@ from deeplab_panoptic.training import evaluator as evaluator_lib
 from deeplab_panoptic.training import experiment
 from deeplab_panoptic.training import optimizers
 from deeplab_panoptic.training import trainer as trainer_lib
+from tests.losses import builders
 
 SIZE = 32
 VOID = 255

@@ -41,8 +41,8 @@ class KMaXTransformerDecoder(base.TransformerDecoder):
     predictor_factory: builds each layer's auxiliary predictor.
     remax_num_stages: ReMaX: layers [0, this) get a semantic head for ReMask
       (ReMaX: 4 of the 6 layers of [2, 2, 2]; 0 disables). Must not exceed the
-      number of layers; bind MaskTransformerLoss.remask_num_stages to the same
-      value.
+      number of layers; bind ReMask.num_stages (configs/losses/remax.gin) to
+      the same value.
     remax_head_factory: builds each ReMaX semantic head (called with ``name``).
     similarity_batch_norm: self-attention logits get a per-head batch norm
       (deeplab2) instead of the 1/sqrt(depth) scale.

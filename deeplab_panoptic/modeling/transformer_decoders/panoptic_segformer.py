@@ -195,7 +195,7 @@ class PanopticSegFormerDecoder(base.TransformerDecoder):
       docs/models/panoptic_segformer.md); False: the released code's thing
       mask decoder (cross-attention + FFN only).
     location_scale_dim: 2 (box height, width) or 1 (area); match
-      PanopticSegFormerLoss.scale_target.
+      LocationL1.scale_target.
     location_refine: iterative box refinement: one location head per
       location-decoder layer, each refining the reference box of the next layer
       (needs location_scale_dim = 2). The heads are then inference layers.
