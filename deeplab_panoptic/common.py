@@ -92,6 +92,7 @@ LOSS_PQ_DICE = "pq_dice_loss"
 LOSS_MASK_ID = "mask_id_loss"
 LOSS_INSTANCE_DISCRIMINATION = "instance_discrimination_loss"
 LOSS_SEMANTIC = "semantic_loss"
+LOSS_AUX_SEMANTIC = "aux_semantic_loss"      # a per-pixel model's auxiliary head.
 LOSS_STAGE_SEMANTIC = "stage_semantic_loss"    # ReMaX per-stage semantic loss.
 LOSS_MASK_APPROXIMATION = "mask_approximation_loss"  # CMT eq. 13.
 LOSS_FOCAL_CLASS = "focal_class_loss"          # Panoptic SegFormer.

@@ -4,6 +4,9 @@
     (common.PRED_SEMANTIC_LOGITS), the whole loss of a per-pixel model
     (DeepLabV3+) and the auxiliary semantic loss of MaX-DeepLab
     (arXiv 2012.00759, section 3.4) and its successors.
+  * `AuxiliarySemanticCrossEntropy`: the same on a per-pixel model's
+    training-only auxiliary head (common.PRED_AUX_SEMANTIC_LOGITS; the FCN
+    head of mmsegmentation's DeepLabV3+ configs, weight 0.4).
   * `StageSemanticCrossEntropy`: ReMaX's per-stage semantic loss on the
     ReMask heads' logits (arXiv 2306.17319, section 3.1).
 
@@ -94,24 +97,25 @@ class SemanticCrossEntropy(criterion_lib.LossTerm):
   """
 
   name = common.LOSS_SEMANTIC
+  logits_key = common.PRED_SEMANTIC_LOGITS
 
   def __init__(self, weight: float = 1.0, top_k_percent: float = 1.0,
                resize: str = "labels", align_corners: bool = False):
     super().__init__(weight)
-    _check_top_k(top_k_percent, "SemanticCrossEntropy")
+    owner = type(self).__name__
+    _check_top_k(top_k_percent, owner)
     if resize not in RESIZE_MODES:
-      raise ValueError(f"SemanticCrossEntropy.resize must be one of "
-                       f"{RESIZE_MODES}, got {resize!r}.")
+      raise ValueError(f"{owner}.resize must be one of {RESIZE_MODES}, got "
+                       f"{resize!r}.")
     self.top_k_percent = top_k_percent
     self.resize = resize
     self.align_corners = align_corners
 
   def _logits(self, inputs: criterion_lib.LossInputs) -> tf.Tensor:
-    logits = inputs.pred(common.PRED_SEMANTIC_LOGITS)
+    logits = inputs.pred(self.logits_key)
     if logits.shape.rank != 4:
-      raise ValueError(f"SemanticCrossEntropy: outputs["
-                       f"{common.PRED_SEMANTIC_LOGITS!r}] must be [B, h, w, C],"
-                       f" got {logits.shape}.")
+      raise ValueError(f"{type(self).__name__}: outputs[{self.logits_key!r}] "
+                       f"must be [B, h, w, C], got {logits.shape}.")
     if self.resize == "logits":
       size: Tuple[int, int] = tuple(inputs.gt_semantic.shape[1:3])
       logits = resize_lib.resize_bilinear(logits, size, self.align_corners)
@@ -120,6 +124,24 @@ class SemanticCrossEntropy(criterion_lib.LossTerm):
   def per_image(self, inputs: criterion_lib.LossInputs) -> tf.Tensor:
     return semantic_loss(self._logits(inputs), inputs.gt_semantic,
                          inputs.gt_semantic_weight, self.top_k_percent)
+
+
+@gin.configurable
+class AuxiliarySemanticCrossEntropy(SemanticCrossEntropy):
+  """`SemanticCrossEntropy` of common.PRED_AUX_SEMANTIC_LOGITS, a per-pixel
+  model's training-only auxiliary head; common.LOSS_AUX_SEMANTIC.
+
+  Same arguments as `SemanticCrossEntropy`; mmsegmentation's DeepLabV3+
+  configs (configs/_base_/models/deeplabv3plus_r50-d8.py) weight its FCN
+  head 0.4.
+  """
+
+  name = common.LOSS_AUX_SEMANTIC
+  logits_key = common.PRED_AUX_SEMANTIC_LOGITS
+
+  def __init__(self, weight: float = 0.4, top_k_percent: float = 1.0,
+               resize: str = "labels", align_corners: bool = False):
+    super().__init__(weight, top_k_percent, resize, align_corners)
 
 
 @gin.configurable

@@ -124,6 +124,27 @@ def test_semantic_criterion_from_gin():
       0.5 * reference[common.LOSS_SEMANTIC].numpy(), rtol=1e-6)
 
 
+def test_auxiliary_head_term_reads_its_own_logits():
+  batch, outputs = _semantic_inputs(seed=4)
+  _, aux = _semantic_inputs(seed=5, logit_size=(2, 2))
+  outputs[common.PRED_AUX_SEMANTIC_LOGITS] = aux[common.PRED_SEMANTIC_LOGITS]
+  losses = criterion_lib.Criterion(terms=[
+      semantic.SemanticCrossEntropy(),
+      semantic.AuxiliarySemanticCrossEntropy()])(batch, outputs)
+  assert set(losses) == {common.LOSS_SEMANTIC, common.LOSS_AUX_SEMANTIC,
+                         common.LOSS_TOTAL}
+  logits = aux[common.PRED_SEMANTIC_LOGITS].numpy()
+  expected = np.mean([_np_cross_entropy(
+      logits[b], _np_nearest(batch[common.GT_SEMANTIC].numpy()[b], 2, 2),
+      _np_nearest(batch[common.GT_SEMANTIC_WEIGHT].numpy()[b], 2, 2))
+                      for b in range(B)])
+  np.testing.assert_allclose(losses[common.LOSS_AUX_SEMANTIC].numpy(),
+                             0.4 * expected, rtol=1e-5)
+  np.testing.assert_allclose(
+      losses[common.LOSS_TOTAL].numpy(),
+      losses[common.LOSS_SEMANTIC].numpy() + 0.4 * expected, rtol=1e-5)
+
+
 def test_zero_weight_reports_zero_without_reading_outputs():
   batch, _ = _semantic_inputs()
   losses = criterion_lib.Criterion(

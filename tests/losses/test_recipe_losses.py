@@ -73,12 +73,14 @@ def _check(loss_fn, expected):
                                  atol=1e-7, err_msg=f"{variant}: {name}")
 
 
-def test_the_fixture_covers_every_recipe():
+def test_every_recipe_of_the_fixture_still_exists():
+  """A renamed recipe must be renamed in the fixture too (recipes added after
+  the change, e.g. per-pixel ones, have no pre-criterion value)."""
   recipes = set()
   for root, _, files in os.walk(os.path.join(REPO_ROOT, "experiments")):
     recipes |= {os.path.relpath(os.path.join(root, f), REPO_ROOT)
                 for f in files if f.endswith(".gin")}
-  assert recipes == set(GOLDEN["recipes"])
+  assert set(GOLDEN["recipes"]) <= recipes, set(GOLDEN["recipes"]) - recipes
 
 
 @pytest.mark.parametrize("recipe", sorted(GOLDEN["recipes"]))
