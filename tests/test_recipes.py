@@ -11,6 +11,7 @@ import gin
 import pytest
 
 from deeplab_panoptic import main as main_lib
+from deeplab_panoptic.data.input_config import InputConfig
 from deeplab_panoptic.training.experiment import ExperimentConfig
 from tests.conftest import REPO_ROOT
 
@@ -39,6 +40,28 @@ def test_recipe_parses_and_its_config_resolves(recipe, monkeypatch):
     gin.clear_config()
   assert config.train_steps > 0 and config.train_batch_size > 0
   assert len(config.eval_input_size) == 2
+
+
+@pytest.mark.parametrize("recipe", RECIPE_FILES)
+def test_the_crop_size_is_bound_once(recipe, monkeypatch):
+  """InputConfig.crop_size is the one binding: evaluation and export follow it."""
+  monkeypatch.chdir(REPO_ROOT)
+  gin.clear_config()
+  try:
+    main_lib.parse_gin([recipe], [])
+    crop_size = InputConfig().crop_size
+    for copy in ("PanopticExportModule.input_size", "build_dataset.crop_size"):
+      with pytest.raises(ValueError):
+        gin.query_parameter(copy)
+    try:
+      eval_size = gin.query_parameter("ExperimentConfig.eval_input_size")
+    except ValueError:  # Unbound: the crop size.
+      eval_size = None
+    config = ExperimentConfig()
+  finally:
+    gin.clear_config()
+  # A recipe may measure FLOPs at another size (Panoptic SegFormer: 800 x 1200).
+  assert tuple(config.eval_input_size) == (tuple(eval_size) if eval_size else crop_size)
 
 
 def test_a_typo_is_caught(tmp_path, monkeypatch):

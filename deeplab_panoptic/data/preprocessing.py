@@ -37,19 +37,20 @@ from typing import Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from deeplab_panoptic import common
+from deeplab_panoptic.data import input_config as input_config_lib
+from deeplab_panoptic.ops import resize as resize_ops
 
 # Raw (0..255) image value used for padding: 0 after normalisation.
 IMAGE_PAD_VALUE = 127.5
 
-# Training resize modes.
-RANDOM_SCALE = "random_scale"
-RANDOM_SHORT_SIDE = "random_short_side"
-TRAIN_RESIZE_MODES = (RANDOM_SCALE, RANDOM_SHORT_SIDE)
-# Evaluation resize modes.
-FIT_SHRINK_ONLY = "fit_shrink_only"
-LONGER_SIDE_TO_CROP = "longer_side_to_crop"
-SHORT_SIDE = "short_side"
-EVAL_RESIZE_MODES = (FIT_SHRINK_ONLY, LONGER_SIDE_TO_CROP, SHORT_SIDE)
+# The resize modes (defined with the settings that choose them).
+RANDOM_SCALE = input_config_lib.RANDOM_SCALE
+RANDOM_SHORT_SIDE = input_config_lib.RANDOM_SHORT_SIDE
+TRAIN_RESIZE_MODES = input_config_lib.TRAIN_RESIZE_MODES
+FIT_SHRINK_ONLY = input_config_lib.FIT_SHRINK_ONLY
+LONGER_SIDE_TO_CROP = input_config_lib.LONGER_SIDE_TO_CROP
+SHORT_SIDE = input_config_lib.SHORT_SIDE
+EVAL_RESIZE_MODES = input_config_lib.EVAL_RESIZE_MODES
 # Source tag of pasted pixels when renumbering instances after copy-paste:
 # larger than any panoptic value the label PNG can hold (2**24 - 1).
 _PASTE_SOURCE_OFFSET = 2 ** 24
@@ -65,23 +66,6 @@ def normalize_image(image: tf.Tensor) -> tf.Tensor:
     float32 [H, W, 3], ``x / 127.5 - 1``.
   """
   return tf.cast(image, tf.float32) / 127.5 - 1.0
-
-
-def resize(image: tf.Tensor, label: tf.Tensor, size: tf.Tensor
-           ) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Resizes an image bilinearly and its label with nearest neighbour.
-
-  Args:
-    image: float32 [H, W, 3].
-    label: int32 [H, W, 1].
-    size: int32 [2], the new (height, width).
-
-  Returns:
-    float32 [h, w, 3] and int32 [h, w, 1]. Same size is the identity.
-  """
-  image = tf.image.resize(image, size, method=tf.image.ResizeMethod.BILINEAR)
-  label = tf.image.resize(label, size, method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
-  return image, label
 
 
 def random_scale(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
@@ -115,7 +99,7 @@ def random_scale(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
     factor = tf.random.stateless_uniform([], seed, minval=min_scale, maxval=max_scale)
   size = tf.cast(tf.shape(image)[:2], tf.float32) * factor
   size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
-  return resize(image, label, size)
+  return resize_ops.resize_image_and_label(image, label, size)
 
 
 def random_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
@@ -201,7 +185,7 @@ def resize_to_fit(image: tf.Tensor, label: tf.Tensor, height: int, width: int
   def shrink():
     size = tf.cast(tf.round(fshape * factor), tf.int32)
     size = tf.clip_by_value(size, 1, tf.constant([height, width]))
-    return resize(image, label, size)
+    return resize_ops.resize_image_and_label(image, label, size)
 
   return tf.cond(factor < 1.0, shrink, lambda: (image, label))
 
@@ -261,7 +245,7 @@ def resize_for_eval(image: tf.Tensor, label: tf.Tensor, crop_size: Tuple[int, in
   shape = tf.shape(image)[:2]
   size = eval_resize_size(shape, crop_size, mode, short_side, max_long_side)
   return tf.cond(tf.reduce_all(tf.equal(size, shape)), lambda: (image, label),
-                 lambda: resize(image, label, size))
+                 lambda: resize_ops.resize_image_and_label(image, label, size))
 
 
 def random_short_side(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
@@ -291,7 +275,7 @@ def random_short_side(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
   fshape = tf.cast(tf.shape(image)[:2], tf.float32)
   factor = tf.minimum(short / tf.reduce_min(fshape), max_long_side / tf.reduce_max(fshape))
   size = tf.maximum(tf.cast(tf.round(fshape * factor), tf.int32), 1)
-  return resize(image, label, size)
+  return resize_ops.resize_image_and_label(image, label, size)
 
 
 def color_jitter(image: tf.Tensor, valid: tf.Tensor, seed: tf.Tensor,
@@ -524,11 +508,7 @@ def _finish(image: tf.Tensor, label: tf.Tensor, decoded: Dict[str, tf.Tensor],
 
 def augment_geometry(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
                      crop_size: Tuple[int, int], label_divisor: int, ignore_label: int,
-                     train_resize: str = RANDOM_SCALE, min_scale: float = 1.0,
-                     max_scale: float = 1.0, scale_step: float = 0.0,
-                     min_short_side: int = 480, max_short_side: int = 800,
-                     short_side_step: int = 32, max_long_side: int = 1333,
-                     flip_probability: float = 0.0
+                     augmentation: input_config_lib.AugmentationConfig
                      ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Resize -> flip -> pad -> random crop of one decoded record.
 
@@ -537,13 +517,10 @@ def augment_geometry(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
     seed: int [2] stateless seed.
     crop_size: (height, width) of the output.
     label_divisor, ignore_label: the dataset's.
-    train_resize: ``random_scale`` (``min_scale .. max_scale`` by
-      ``scale_step``, see ``random_scale``) or ``random_short_side`` (see
-      ``random_short_side``).
-    min_scale, max_scale, scale_step: for ``random_scale``.
-    min_short_side, max_short_side, short_side_step, max_long_side: for
-      ``random_short_side``.
-    flip_probability: horizontal flip probability.
+    augmentation: its ``train_resize`` (``random_scale``, see
+      :func:`random_scale`, or ``random_short_side``, see
+      :func:`random_short_side`) with that mode's settings, and its
+      ``flip_probability``.
 
   Returns:
     float32 [H, W, 3] raw image, int32 [H, W] label (void on padding) and
@@ -551,20 +528,22 @@ def augment_geometry(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
   """
   height, width = crop_size
   void = ignore_label * label_divisor
+  aug = augmentation
   resize_seed, flip_seed, crop_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
   image = tf.cast(decoded[common.IMAGE], tf.float32)
   label = decoded[common.GT_PANOPTIC][..., None]
-  if train_resize == RANDOM_SCALE:
-    image, label = random_scale(image, label, resize_seed, min_scale, max_scale,
-                                scale_step)
-  elif train_resize == RANDOM_SHORT_SIDE:
-    image, label = random_short_side(image, label, resize_seed, min_short_side,
-                                     max_short_side, short_side_step, max_long_side)
+  if aug.train_resize == RANDOM_SCALE:
+    image, label = random_scale(image, label, resize_seed, aug.min_scale, aug.max_scale,
+                                aug.scale_step)
+  elif aug.train_resize == RANDOM_SHORT_SIDE:
+    image, label = random_short_side(image, label, resize_seed, aug.min_short_side,
+                                     aug.max_short_side, aug.short_side_step,
+                                     aug.max_long_side)
   else:
     raise ValueError(f"train_resize must be one of {TRAIN_RESIZE_MODES}, got "
-                     f"{train_resize!r}.")
-  image, label = random_flip(image, label, flip_seed, flip_probability)
+                     f"{aug.train_resize!r}.")
+  image, label = random_flip(image, label, flip_seed, aug.flip_probability)
   resized_size = tf.minimum(tf.shape(image)[:2], tf.constant([height, width]))
   image, label = pad_to_size(image, label, height, width, void)
   image, label = random_crop(image, label, crop_seed, height, width)
@@ -579,17 +558,10 @@ def _valid_region(resized_size: tf.Tensor, crop_size: Tuple[int, int]) -> tf.Ten
 
 
 def preprocess_train(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
-                     crop_size: Tuple[int, int], label_divisor: int, ignore_label: int,
-                     is_thing: Sequence[bool], max_num_masks: int, min_scale: float,
-                     max_scale: float, scale_step: float, flip_probability: float,
-                     train_resize: str = RANDOM_SCALE, min_short_side: int = 480,
-                     max_short_side: int = 800, short_side_step: int = 32,
-                     max_long_side: int = 1333,
-                     paste_from: Optional[Dict[str, tf.Tensor]] = None,
-                     copy_paste_scale_multiplier: float = 0.5,
-                     copy_paste_stuff_probability: float = 0.5,
-                     brightness: float = 0.0, contrast: float = 0.0,
-                     saturation: float = 0.0, hue: float = 0.0
+                     config: input_config_lib.InputConfig,
+                     augmentation: input_config_lib.AugmentationConfig,
+                     label_divisor: int, ignore_label: int, is_thing: Sequence[bool],
+                     paste_from: Optional[Dict[str, tf.Tensor]] = None
                      ) -> Dict[str, tf.Tensor]:
   """Augments one decoded record and builds its training targets.
 
@@ -600,80 +572,61 @@ def preprocess_train(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
   Args:
     decoded: the output of ``tfrecord.decode_record``.
     seed: int [2] stateless seed; the same seed gives the same augmentation.
-    crop_size: (height, width) of the output.
+    config: the crop size and ``max_num_masks`` (K).
+    augmentation: the geometry (see :func:`augment_geometry`), copy-paste
+      settings and colour jitter (see :func:`color_jitter`).
     label_divisor, ignore_label, is_thing: the dataset description.
-    max_num_masks: K.
-    min_scale, max_scale, scale_step: random scale (see ``random_scale``).
-    flip_probability: horizontal flip probability.
-    train_resize, min_short_side, max_short_side, short_side_step,
-      max_long_side: the resize (see ``augment_geometry``).
     paste_from: another decoded record to copy-paste from (kMaX / ReMaX), or
-      None. It goes through the same geometry with its scale range multiplied
-      by ``copy_paste_scale_multiplier`` (kMaX: 0.5).
-    copy_paste_scale_multiplier: see ``paste_from``.
-    copy_paste_stuff_probability: probability of pasting each stuff class (all
-      thing segments are pasted).
-    brightness, contrast, saturation, hue: colour jitter (see ``color_jitter``).
+      None. It goes through the same geometry with the resize range of
+      ``augmentation.for_pasted_image()``.
 
   Returns:
     A dict with common.IMAGE float32 [H, W, 3], IMAGE_NAME, ORIGINAL_HEIGHT/WIDTH,
     RESIZED_HEIGHT/WIDTH (int32 scalars), GT_PANOPTIC int32 [H, W] and the
     targets of ``panoptic_to_targets``; H, W = crop_size.
   """
+  crop_size = config.crop_size
   geometry_seed, color_seed, paste_seed, paste_geometry_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 4))
   geometry = dict(crop_size=crop_size, label_divisor=label_divisor,
-                  ignore_label=ignore_label, train_resize=train_resize,
-                  min_scale=min_scale, max_scale=max_scale, scale_step=scale_step,
-                  min_short_side=min_short_side, max_short_side=max_short_side,
-                  short_side_step=short_side_step, max_long_side=max_long_side,
-                  flip_probability=flip_probability)
-  image, label, resized_size = augment_geometry(decoded, geometry_seed, **geometry)
+                  ignore_label=ignore_label)
+  image, label, resized_size = augment_geometry(decoded, geometry_seed,
+                                                augmentation=augmentation, **geometry)
   valid = _valid_region(resized_size, crop_size)
   if paste_from is not None:
-    m = copy_paste_scale_multiplier
-    paste_geometry = dict(geometry, min_scale=min_scale * m, max_scale=max_scale * m,
-                          scale_step=scale_step * m,
-                          min_short_side=max(1, int(round(min_short_side * m))),
-                          max_short_side=max(1, int(round(max_short_side * m))),
-                          short_side_step=max(1, int(round(short_side_step * m))),
-                          max_long_side=max(1, int(round(max_long_side * m))))
-    paste_image, paste_label, _ = augment_geometry(paste_from, paste_geometry_seed,
-                                                   **paste_geometry)
+    paste_image, paste_label, _ = augment_geometry(
+        paste_from, paste_geometry_seed, augmentation=augmentation.for_pasted_image(),
+        **geometry)
     image, label = copy_paste(
         image, label, valid, paste_image, paste_label, paste_seed,
         label_divisor=label_divisor, ignore_label=ignore_label, is_thing=is_thing,
-        stuff_probability=copy_paste_stuff_probability,
+        stuff_probability=augmentation.copy_paste_stuff_probability,
         name=decoded[common.IMAGE_NAME])
-  image = color_jitter(image, valid, color_seed, brightness, contrast, saturation, hue)
+  image = color_jitter(image, valid, color_seed, augmentation.brightness,
+                       augmentation.contrast, augmentation.saturation, augmentation.hue)
   return _finish(image, label[..., None], decoded, resized_size, label_divisor,
-                 ignore_label, is_thing, max_num_masks, crop_size)
+                 ignore_label, is_thing, config.max_num_masks, crop_size)
 
 
-def preprocess_eval(decoded: Dict[str, tf.Tensor], *, crop_size: Tuple[int, int],
-                    max_original_size: Tuple[int, int], label_divisor: int,
-                    ignore_label: int, is_thing: Sequence[bool], max_num_masks: int,
-                    eval_resize: str = FIT_SHRINK_ONLY, eval_short_side: int = 800,
-                    max_long_side: int = 1333) -> Dict[str, tf.Tensor]:
-  """Resizes (``eval_resize``) and pads one decoded record for evaluation.
+def preprocess_eval(decoded: Dict[str, tf.Tensor], *,
+                    config: input_config_lib.InputConfig, label_divisor: int,
+                    ignore_label: int, is_thing: Sequence[bool]) -> Dict[str, tf.Tensor]:
+  """Resizes (``config.eval_resize``) and pads one decoded record for evaluation.
 
   Args:
     decoded: the output of ``tfrecord.decode_record``.
-    crop_size: (height, width) of the model input.
-    max_original_size: (Hmax, Wmax) of GT_PANOPTIC_ORIGINAL; a larger image is
-      an error naming it.
+    config: the crop size, ``max_num_masks`` (K), ``max_original_size``
+      (Hmax, Wmax) of GT_PANOPTIC_ORIGINAL (a larger image is an error naming
+      it) and the evaluation resize (see ``eval_resize_size``).
     label_divisor, ignore_label, is_thing: the dataset description.
-    max_num_masks: K.
-    eval_resize: ``fit_shrink_only`` (default), ``longer_side_to_crop`` or
-      ``short_side`` (see ``eval_resize_size``).
-    eval_short_side, max_long_side: for ``short_side``.
 
   Returns:
     Like ``preprocess_train`` plus common.GT_PANOPTIC_ORIGINAL int32
     [Hmax, Wmax]: the label at the original resolution, padded with void.
   """
+  crop_size = config.crop_size
   height, width = crop_size
-  max_height, max_width = max_original_size
+  max_height, max_width = config.max_original_size
   void = ignore_label * label_divisor
   name = decoded[common.IMAGE_NAME]
   original = decoded[common.GT_PANOPTIC]
@@ -682,19 +635,19 @@ def preprocess_eval(decoded: Dict[str, tf.Tensor], *, crop_size: Tuple[int, int]
       tf.logical_and(orig_shape[0] <= max_height, orig_shape[1] <= max_width),
       ["Image", name, "is", orig_shape[0], "x", orig_shape[1],
        "which exceeds the largest original size", max_height, "x", max_width,
-       "for gt_panoptic_original: raise build_dataset.max_original_size."])
+       "for gt_panoptic_original: raise InputConfig.max_original_size."])
   with tf.control_dependencies([check]):
     original = tf.pad(original, [[0, max_height - orig_shape[0]],
                                  [0, max_width - orig_shape[1]]], constant_values=void)
   original = tf.ensure_shape(original, [max_height, max_width])
   image = tf.cast(decoded[common.IMAGE], tf.float32)
   label = decoded[common.GT_PANOPTIC][..., None]
-  image, label = resize_for_eval(image, label, crop_size, eval_resize, eval_short_side,
-                                max_long_side)
+  image, label = resize_for_eval(image, label, crop_size, config.eval_resize,
+                                 config.eval_short_side, config.eval_max_long_side)
   resized_size = tf.shape(image)[:2]
   image, label = pad_to_size(image, label, height, width, void)
   outputs = _finish(image, label, decoded, resized_size, label_divisor, ignore_label,
-                    is_thing, max_num_masks, crop_size)
+                    is_thing, config.max_num_masks, crop_size)
   outputs[common.GT_PANOPTIC_ORIGINAL] = original
   return outputs
 

@@ -182,6 +182,86 @@ def _starts_with(data: tf.Tensor, magic: bytes) -> tf.Tensor:
   return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
 
 
+def _byte_checks(parsed: Dict[str, tf.Tensor], where: list,
+                 ignore_label: Optional[int]) -> list:
+  """Asserts on the stored bytes and sizes, before anything is decoded."""
+  height, width = parsed[IMAGE_HEIGHT], parsed[IMAGE_WIDTH]
+  image_bytes, label_bytes = parsed[IMAGE_ENCODED], parsed[PANOPTIC_ENCODED]
+  checks = [
+      tf.debugging.Assert(
+          tf.logical_or(_starts_with(image_bytes, _PNG_MAGIC),
+                        _starts_with(image_bytes, _JPEG_MAGIC)),
+          where + ["is corrupt: image/encoded is neither a PNG nor a JPEG file."]),
+      tf.debugging.Assert(
+          tf.logical_or(tf.logical_not(parsed[HAS_LABEL]),
+                        _starts_with(label_bytes, _PNG_MAGIC)),
+          where + ["is corrupt: image/panoptic/encoded is not a PNG file."]),
+      tf.debugging.Assert(
+          tf.logical_and(height > 0, width > 0),
+          where + ["has a non-positive image/height or image/width:", height, width]),
+  ]
+  if ignore_label is not None:
+    stored_ignore = parsed[PANOPTIC_IGNORE_LABEL]
+    checks.append(tf.debugging.Assert(
+        tf.equal(stored_ignore, ignore_label),
+        where + ["has ignore label", stored_ignore, "but the dataset uses",
+                 ignore_label]))
+  return checks
+
+
+def _size_check(decoded: tf.Tensor, parsed: Dict[str, tf.Tensor], where: list,
+                what: str) -> tf.Operation:
+  """Asserts that ``decoded`` [h, w, C] has the stored height and width."""
+  height, width = parsed[IMAGE_HEIGHT], parsed[IMAGE_WIDTH]
+  shape = tf.shape(decoded)
+  return tf.debugging.Assert(
+      tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width)),
+      where + ["stores size", height, width, f"but its {what} decodes to",
+               shape[0], shape[1]])
+
+
+def _decode_pixels(parsed: Dict[str, tf.Tensor], where: list,
+                   ignore_label: Optional[int]) -> Tuple[tf.Tensor, tf.Tensor]:
+  """uint8 [H, W, 3] image and int32 [H, W] stored panoptic label (void if none)."""
+  height, width = parsed[IMAGE_HEIGHT], parsed[IMAGE_WIDTH]
+  has_label, label_bytes = parsed[HAS_LABEL], parsed[PANOPTIC_ENCODED]
+  with tf.control_dependencies(_byte_checks(parsed, where, ignore_label)):
+    image = tf.io.decode_image(parsed[IMAGE_ENCODED], channels=3, dtype=tf.uint8,
+                               expand_animations=False)
+    label = tf.cond(
+        has_label,
+        lambda: tf.cast(tf.io.decode_png(label_bytes, channels=3, dtype=tf.uint8),
+                        tf.int32),
+        lambda: tf.zeros([height, width, 3], tf.int32))
+  size_checks = [_size_check(image, parsed, where, "image"),
+                 _size_check(label, parsed, where, "panoptic label")]
+  with tf.control_dependencies(size_checks):
+    panoptic = label[..., 0] + 256 * label[..., 1] + 65536 * label[..., 2]
+    void = parsed[PANOPTIC_IGNORE_LABEL] * parsed[PANOPTIC_LABEL_DIVISOR]
+    panoptic = tf.where(has_label, panoptic, void)
+    image = tf.identity(image)
+  return image, panoptic
+
+
+def _with_divisor(panoptic: tf.Tensor, stored_divisor: tf.Tensor, divisor: tf.Tensor,
+                  where: list) -> tf.Tensor:
+  """``panoptic`` re-encoded from ``stored_divisor`` to ``divisor`` (if they differ)."""
+
+  def re_encode():
+    instance = panoptic % stored_divisor
+    fits = tf.debugging.Assert(
+        tf.reduce_all(instance < divisor),
+        where + ["has label divisor", stored_divisor, "and instance ids up to",
+                 tf.reduce_max(instance), "which do not fit the dataset's label "
+                 "divisor", divisor])
+    with tf.control_dependencies([fits]):
+      return (panoptic // stored_divisor) * divisor + instance
+
+  # Per-pixel work only for shards stored with another divisor (the input
+  # pipeline's common case is the dataset's own).
+  return tf.cond(tf.equal(stored_divisor, divisor), lambda: panoptic, re_encode)
+
+
 def decode_record(serialized: tf.Tensor,
                   source: Union[tf.Tensor, str] = "",
                   label_divisor: Optional[int] = None,
@@ -216,89 +296,26 @@ def decode_record(serialized: tf.Tensor,
       IGNORE_LABEL: int32 scalar, as stored.
       HAS_LABEL: bool scalar, whether the record holds a label.
   """
-  parsed = tf.io.parse_single_example(serialized, _FEATURES)
+  parsed = dict(tf.io.parse_single_example(serialized, _FEATURES))
+  for key in (IMAGE_HEIGHT, IMAGE_WIDTH, PANOPTIC_LABEL_DIVISOR, PANOPTIC_IGNORE_LABEL):
+    parsed[key] = tf.cast(parsed[key], tf.int32)
+  parsed[HAS_LABEL] = tf.strings.length(parsed[PANOPTIC_ENCODED]) > 0
   name = parsed[IMAGE_FILENAME]
   where = ["Record of image", name, "in", source]
-  height = tf.cast(parsed[IMAGE_HEIGHT], tf.int32)
-  width = tf.cast(parsed[IMAGE_WIDTH], tf.int32)
-  stored_divisor = tf.cast(parsed[PANOPTIC_LABEL_DIVISOR], tf.int32)
-  stored_ignore = tf.cast(parsed[PANOPTIC_IGNORE_LABEL], tf.int32)
-  image_bytes = parsed[IMAGE_ENCODED]
-  label_bytes = parsed[PANOPTIC_ENCODED]
-  has_label = tf.strings.length(label_bytes) > 0
-
-  checks = [
-      tf.debugging.Assert(
-          tf.logical_or(_starts_with(image_bytes, _PNG_MAGIC),
-                        _starts_with(image_bytes, _JPEG_MAGIC)),
-          where + ["is corrupt: image/encoded is neither a PNG nor a JPEG file."]),
-      tf.debugging.Assert(
-          tf.logical_or(tf.logical_not(has_label),
-                        _starts_with(label_bytes, _PNG_MAGIC)),
-          where + ["is corrupt: image/panoptic/encoded is not a PNG file."]),
-      tf.debugging.Assert(
-          tf.logical_and(height > 0, width > 0),
-          where + ["has a non-positive image/height or image/width:", height, width]),
-  ]
-  if ignore_label is not None:
-    checks.append(tf.debugging.Assert(
-        tf.equal(stored_ignore, ignore_label),
-        where + ["has ignore label", stored_ignore, "but the dataset uses",
-                 ignore_label]))
-
-  with tf.control_dependencies(checks):
-    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8,
-                               expand_animations=False)
-    label = tf.cond(
-        has_label,
-        lambda: tf.cast(tf.io.decode_png(label_bytes, channels=3, dtype=tf.uint8),
-                        tf.int32),
-        lambda: tf.zeros([height, width, 3], tf.int32))
-  image_shape = tf.shape(image)
-  label_shape = tf.shape(label)
-  size_checks = [
-      tf.debugging.Assert(
-          tf.logical_and(tf.equal(image_shape[0], height),
-                         tf.equal(image_shape[1], width)),
-          where + ["stores size", height, width, "but its image decodes to",
-                   image_shape[0], image_shape[1]]),
-      tf.debugging.Assert(
-          tf.logical_and(tf.equal(label_shape[0], height),
-                         tf.equal(label_shape[1], width)),
-          where + ["stores size", height, width, "but its panoptic label decodes to",
-                   label_shape[0], label_shape[1]]),
-  ]
-  with tf.control_dependencies(size_checks):
-    panoptic = label[..., 0] + 256 * label[..., 1] + 65536 * label[..., 2]
-    void = stored_ignore * stored_divisor
-    panoptic = tf.where(has_label, panoptic, void)
-    image = tf.identity(image)
-  divisor = stored_divisor
+  image, panoptic = _decode_pixels(parsed, where, ignore_label)
+  divisor = stored_divisor = parsed[PANOPTIC_LABEL_DIVISOR]
   if label_divisor is not None:
     divisor = tf.constant(label_divisor, tf.int32)
-
-    def re_encode():
-      instance = panoptic % stored_divisor
-      fits = tf.debugging.Assert(
-          tf.reduce_all(instance < divisor),
-          where + ["has label divisor", stored_divisor, "and instance ids up to",
-                   tf.reduce_max(instance), "which do not fit the dataset's label "
-                   "divisor", divisor])
-      with tf.control_dependencies([fits]):
-        return (panoptic // stored_divisor) * divisor + instance
-
-    # Per-pixel work only for shards stored with another divisor (the input
-    # pipeline's common case is the dataset's own).
-    panoptic = tf.cond(tf.equal(stored_divisor, divisor), lambda: panoptic, re_encode)
+    panoptic = _with_divisor(panoptic, stored_divisor, divisor, where)
   image.set_shape([None, None, 3])
   panoptic.set_shape([None, None])
   return {
       common.IMAGE: image,
       common.IMAGE_NAME: name,
-      common.ORIGINAL_HEIGHT: height,
-      common.ORIGINAL_WIDTH: width,
+      common.ORIGINAL_HEIGHT: parsed[IMAGE_HEIGHT],
+      common.ORIGINAL_WIDTH: parsed[IMAGE_WIDTH],
       common.GT_PANOPTIC: panoptic,
       LABEL_DIVISOR: divisor,
-      IGNORE_LABEL: stored_ignore,
-      HAS_LABEL: has_label,
+      IGNORE_LABEL: parsed[PANOPTIC_IGNORE_LABEL],
+      HAS_LABEL: parsed[HAS_LABEL],
   }

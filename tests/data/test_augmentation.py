@@ -16,9 +16,9 @@ import tensorflow as tf
 from deeplab_panoptic import common
 from deeplab_panoptic.data import coco_format
 from deeplab_panoptic.data import dataset_info
-from deeplab_panoptic.data import reader
 from deeplab_panoptic.data import shapes
 from deeplab_panoptic.data import tfrecord
+from tests.data.pipeline_args import build_dataset_from_flat
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLE = os.path.join(REPO_ROOT, "..", "shared", "data", "coco_panoptic_sample")
@@ -135,7 +135,7 @@ def _examples(path, info, batches=3, **kwargs):
   args = dict(is_training=True, batch_size=4, max_num_masks=64, seed=11,
               flip_probability=0.5, shuffle_buffer=8, num_parallel_calls=2)
   args.update(kwargs)
-  ds = reader.build_dataset(path, info, **args)
+  ds = build_dataset_from_flat(path, info, **args)
   out = []
   for batch in ds.take(batches).as_numpy_iterator():
     for i in range(len(batch[common.IMAGE_NAME])):
@@ -217,9 +217,9 @@ def test_input_context_shards_between_hosts(tmp_path):
   for host in range(2):
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=host,
                                          num_replicas_in_sync=2)
-    ds = reader.build_dataset(path, info, is_training=False, batch_size=2,
-                              crop_size=(128, 128), input_context=context,
-                              pad_last_batch=False)
+    ds = build_dataset_from_flat(path, info, is_training=False, batch_size=2,
+                                 crop_size=(128, 128), input_context=context,
+                                 pad_last_batch=False)
     names.append([n for b in ds.as_numpy_iterator() for n in b[common.IMAGE_NAME]])
   assert len(names[0]) == len(names[1]) == 2
   assert sorted(names[0] + names[1]) == [f"s{i}.png".encode() for i in range(4)]
@@ -227,18 +227,18 @@ def test_input_context_shards_between_hosts(tmp_path):
 
 def test_eval_longer_side_to_crop_upscales_and_keeps_the_original(tmp_path):
   path, info, _ = _shapes_records(tmp_path)
-  default = reader.build_dataset(path, info, is_training=False, batch_size=1,
-                                 crop_size=(200, 256), max_original_size=(128, 128))
+  default = build_dataset_from_flat(path, info, is_training=False, batch_size=1,
+                                    crop_size=(200, 256), max_original_size=(128, 128))
   batch = next(default.as_numpy_iterator())
   assert (batch[common.RESIZED_HEIGHT][0], batch[common.RESIZED_WIDTH][0]) == (128, 128)
-  ds = reader.build_dataset(path, info, is_training=False, batch_size=1,
-                            crop_size=(200, 256), max_original_size=(128, 128),
-                            eval_resize="longer_side_to_crop")
+  ds = build_dataset_from_flat(path, info, is_training=False, batch_size=1,
+                               crop_size=(200, 256), max_original_size=(128, 128),
+                               eval_resize="longer_side_to_crop")
   up = next(ds.as_numpy_iterator())
   assert (up[common.RESIZED_HEIGHT][0], up[common.RESIZED_WIDTH][0]) == (200, 200)
   np.testing.assert_array_equal(up[common.GT_PANOPTIC_ORIGINAL],
                                 batch[common.GT_PANOPTIC_ORIGINAL])
   assert (up[common.GT_PANOPTIC][0][:, 200:] == 255 * 256).all()
   with pytest.raises(ValueError, match="eval_resize must be one of"):
-    reader.build_dataset(path, info, is_training=False, batch_size=1, crop_size=(8, 8),
-                         eval_resize="bogus")
+    build_dataset_from_flat(path, info, is_training=False, batch_size=1, crop_size=(8, 8),
+                            eval_resize="bogus")

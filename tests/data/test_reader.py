@@ -13,6 +13,7 @@ from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.data import reader
 from deeplab_panoptic.data import shapes
 from deeplab_panoptic.data import tfrecord
+from tests.data.pipeline_args import build_dataset_from_flat
 
 INFO = dataset_info.SHAPES
 VOID = INFO.ignore_label * INFO.label_divisor
@@ -64,9 +65,9 @@ def _check_masks(panoptic, mask_id, classes, is_thing):
 
 
 def test_eval_batches_reconstruct_the_labels(data_dir):
-  ds = reader.build_dataset(convert.file_pattern(data_dir, "val"), INFO,
-                            is_training=False, batch_size=2, crop_size=(128, 128),
-                            max_num_masks=16)
+  ds = build_dataset_from_flat(convert.file_pattern(data_dir, "val"), INFO,
+                               is_training=False, batch_size=2, crop_size=(128, 128),
+                               max_num_masks=16)
   spec = ds.element_spec
   assert spec[common.IMAGE].shape == (2, 128, 128, 3)
   assert spec[common.GT_MASK_ID].shape == (2, 128, 128)
@@ -101,9 +102,9 @@ def test_a_larger_label_divisor_reads_the_same_shards(data_dir):
   # re-encodes, so every label map uses the experiment's divisor.
   info = dataset_info.dataset_info(name="shapes", label_divisor=1000)
   assert info.label_divisor == 1000 and INFO.label_divisor == 256
-  ds = reader.build_dataset(convert.file_pattern(data_dir, "val"), info,
-                            is_training=False, batch_size=5, crop_size=(128, 128),
-                            max_num_masks=16)
+  ds = build_dataset_from_flat(convert.file_pattern(data_dir, "val"), info,
+                               is_training=False, batch_size=5, crop_size=(128, 128),
+                               max_num_masks=16)
   batch = next(ds.as_numpy_iterator())
   for i, name in enumerate(batch[common.IMAGE_NAME]):
     _, panoptic = _original(name)
@@ -116,9 +117,9 @@ def test_a_larger_label_divisor_reads_the_same_shards(data_dir):
 
 
 def test_eval_shrinks_large_images_and_pads(data_dir):
-  ds = reader.build_dataset(convert.file_pattern(data_dir, "val"), INFO,
-                            is_training=False, batch_size=1, crop_size=(64, 80),
-                            max_num_masks=16, max_original_size=(130, 128))
+  ds = build_dataset_from_flat(convert.file_pattern(data_dir, "val"), INFO,
+                               is_training=False, batch_size=1, crop_size=(64, 80),
+                               max_num_masks=16, max_original_size=(130, 128))
   batch = next(ds.as_numpy_iterator())
   image, panoptic = _original(batch[common.IMAGE_NAME][0])
   assert batch[common.RESIZED_HEIGHT][0] == 64 and batch[common.RESIZED_WIDTH][0] == 64
@@ -134,8 +135,8 @@ def test_eval_shrinks_large_images_and_pads(data_dir):
 
 
 def test_eval_original_larger_than_max_is_a_clear_error(data_dir):
-  ds = reader.build_dataset(convert.file_pattern(data_dir, "val"), INFO,
-                            is_training=False, batch_size=1, crop_size=(64, 64))
+  ds = build_dataset_from_flat(convert.file_pattern(data_dir, "val"), INFO,
+                               is_training=False, batch_size=1, crop_size=(64, 64))
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="shapes_val_000000.png.*largest original size"):
     next(iter(ds))
@@ -145,7 +146,7 @@ def _train_batch(data_dir, seed=SEED, **kwargs):
   args = dict(is_training=True, batch_size=3, crop_size=(64, 96), max_num_masks=16,
               min_scale=1.0, max_scale=1.0, flip_probability=1.0, seed=seed)
   args.update(kwargs)
-  ds = reader.build_dataset(convert.file_pattern(data_dir, "train"), INFO, **args)
+  ds = build_dataset_from_flat(convert.file_pattern(data_dir, "train"), INFO, **args)
   return next(ds.as_numpy_iterator())
 
 
@@ -246,8 +247,8 @@ def test_corrupt_record_names_image_and_file(tmp_path):
   path = str(tmp_path / "val-00000-of-00001.tfrecord")
   with tf.io.TFRecordWriter(path) as writer:
     writer.write(example.SerializeToString())
-  ds = reader.build_dataset(path, INFO, is_training=False, batch_size=1,
-                            crop_size=(128, 128))
+  ds = build_dataset_from_flat(path, INFO, is_training=False, batch_size=1,
+                               crop_size=(128, 128))
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r"bad_image.png.*val-00000-of-00001.tfrecord.*not a PNG"):
     next(iter(ds))
@@ -263,12 +264,12 @@ def test_damaged_file_is_named_by_verify(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"Corrupt TFRecord file .*damaged.tfrecord"):
     reader.verify_tfrecords(path)
   with pytest.raises(ValueError, match=r"damaged.tfrecord"):
-    reader.build_dataset(path, INFO, is_training=False, batch_size=1,
-                         crop_size=(128, 128), verify_records=True)
+    build_dataset_from_flat(path, INFO, is_training=False, batch_size=1,
+                            crop_size=(128, 128), verify_records=True)
   assert reader.verify_tfrecords(source) == 2
 
 
 def test_no_matching_file(tmp_path):
   with pytest.raises(ValueError, match="no file matches"):
-    reader.build_dataset(str(tmp_path / "nothing-*"), INFO, is_training=True,
-                         batch_size=1, crop_size=(8, 8))
+    build_dataset_from_flat(str(tmp_path / "nothing-*"), INFO, is_training=True,
+                            batch_size=1, crop_size=(8, 8))
