@@ -6,7 +6,7 @@ Usage:
       [--signatures serving_default,serve_encoded_images,serve_tf_example]
 
 Without ``--saved_model`` the model of ``--gin_file`` is built with
-``CROP_SIZE = (size, size)`` (export input size and evaluation size), exported
+``InputConfig.crop_size = (size, size)`` (export input size and evaluation size), exported
 to a temporary folder with its initial weights (latency does not depend on what
 the weights learnt) and loaded back with ``tf.saved_model.load``, as a server
 would. Each signature is then called on one ``size x size`` image (batch 1): a
@@ -42,7 +42,7 @@ from deeplab_panoptic.export import saved_model  # pylint: disable=g-import-not-
 
 def _export(gin_file: str, size: int, export_dir: str) -> None:
   from deeplab_panoptic.training import experiment  # pylint: disable=g-import-not-at-top
-  main_lib.parse_gin([gin_file], [f"CROP_SIZE=({size}, {size})"])
+  main_lib.parse_gin([gin_file], [f"InputConfig.crop_size=({size}, {size})"])
   exp = experiment.Experiment(os.path.join(export_dir, "unused_model_dir"), "export")
   module = saved_model.PanopticExportModule(exp.model, exp.postprocessor,
                                             dataset_info=exp.info)

@@ -5,7 +5,7 @@ Usage:
       --gin_file experiments/coco/remax_t_641_50k.gin [--gin_file ...] \
       [--size 641] [--warmup 3] [--repeats 10] [--tflite float,dynamic]
 
-For each recipe the model is built with ``CROP_SIZE = (size, size)`` and its
+For each recipe the model is built with ``InputConfig.crop_size = (size, size)`` and its
 initial weights (latency does not depend on what the weights learnt), exported
 as a SavedModel and loaded back (as ``benchmarks/export_latency.py`` does), and,
 with ``--tflite``, converted from the same in-memory model to TFLite (float, and
@@ -72,7 +72,8 @@ def _export(gin_file: str, gin_params, size: int, kinds, directory: str, export_
     ``{kind: (tflite path, megabytes)}``.
   """
   from deeplab_panoptic.training import experiment  # pylint: disable=g-import-not-at-top
-  main_lib.parse_gin([gin_file], [f"CROP_SIZE=({size}, {size})"] + list(gin_params))
+  main_lib.parse_gin([gin_file], [f"InputConfig.crop_size=({size}, {size})"]
+                     + list(gin_params))
   exp = experiment.Experiment(os.path.join(directory, "unused_model_dir"), "export")
   module = saved_model.PanopticExportModule(exp.model, exp.postprocessor,
                                             dataset_info=exp.info)

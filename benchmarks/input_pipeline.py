@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info
+from deeplab_panoptic.data import input_config
 from deeplab_panoptic.data import reader
 from deeplab_panoptic.data import tfrecord
 
@@ -82,11 +83,13 @@ def measure(pattern: str, info: dataset_info.DatasetInfo, crop: int, batch_size:
             seconds: float, copy_paste: bool, num_parallel_calls: int) -> dict:
   """Images per second of the training pipeline at ``crop`` x ``crop``."""
   ds = reader.build_dataset(
-      pattern, info, is_training=True, batch_size=batch_size, crop_size=(crop, crop),
-      max_num_masks=128, min_scale=0.3, max_scale=1.7, scale_step=0.1,
-      flip_probability=0.5, shuffle_buffer=64, copy_paste=copy_paste,
-      brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02,
-      num_parallel_calls=num_parallel_calls)
+      pattern, info, is_training=True, batch_size=batch_size,
+      config=input_config.InputConfig(crop_size=(crop, crop), max_num_masks=128),
+      augmentation=input_config.AugmentationConfig(
+          min_scale=0.3, max_scale=1.7, scale_step=0.1, flip_probability=0.5,
+          copy_paste=copy_paste, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+      pipeline=input_config.PipelineConfig(shuffle_buffer=64,
+                                           num_parallel_calls=num_parallel_calls))
   iterator = iter(ds)
   for _ in range(3):  # Warm-up: graph tracing, autotuning, first reads.
     batch = next(iterator)

@@ -337,8 +337,8 @@ def forward_time(height, width, repeats, gin_file=GIN_FILE, gin_params=()):
   os.chdir(REPO_ROOT)
   try:
     main_lib.parse_gin([gin_file], list(gin_params) + [
-        f"ExperimentConfig.eval_input_size=({height}, {width})",
-        f"PanopticExportModule.input_size=({height}, {width})"])
+        f"InputConfig.crop_size=({height}, {width})",
+        f"ExperimentConfig.eval_input_size=({height}, {width})"])
     exp = experiment.Experiment(tempfile.mkdtemp(), "summary")
   finally:
     os.chdir(cwd)

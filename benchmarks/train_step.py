@@ -9,10 +9,10 @@ Usage:
 Each (crop size, variant) runs in its own Python process, so that the dtype
 policy starts clean and the peak resident memory (``ru_maxrss``) belongs to that
 configuration alone. The process builds the model of the gin files with
-``CROP_SIZE = (s, s)``, the experiment's loss and optimizer group, and trains on
+``InputConfig.crop_size = (s, s)``, the experiment's loss and optimizer group, and trains on
 one synthetic batch of ``--batch_size`` images (random pixels; a stuff mask, a
 thing rectangle and a void strip as ground truth, padded to
-``build_dataset.max_num_masks`` slots). The first ``--warmup`` steps (tracing,
+``InputConfig.max_num_masks`` slots). The first ``--warmup`` steps (tracing,
 compilation, allocation) are left out; images/s is ``steps * batch / seconds``
 of the next ``--steps`` steps. Peak memory: the accelerator's peak
 (``tf.config.experimental.get_memory_info``) when there is a GPU/TPU, else the
@@ -93,16 +93,9 @@ def _peak_memory_gib() -> Dict[str, float]:
 
 
 def _num_masks() -> int:
-  """Ground-truth slots: the recipes' NUM_MASKS macro, else build_dataset's binding."""
-  import gin  # pylint: disable=g-import-not-at-top
-  for query in ("%NUM_MASKS", "build_dataset.max_num_masks"):
-    try:
-      value = gin.query_parameter(query)
-    except ValueError:
-      continue
-    if isinstance(value, int):
-      return value
-  raise ValueError("Set NUM_MASKS (or build_dataset.max_num_masks) in the gin files.")
+  """Ground-truth slots: the recipe's InputConfig.max_num_masks."""
+  from deeplab_panoptic.data import input_config  # pylint: disable=g-import-not-at-top
+  return input_config.InputConfig().max_num_masks
 
 
 def run_one(gin_files: List[str], gin_params: List[str], size: int, variant: str,
@@ -114,7 +107,7 @@ def run_one(gin_files: List[str], gin_params: List[str], size: int, variant: str
   from deeplab_panoptic.training import experiment  # pylint: disable=g-import-not-at-top
   from deeplab_panoptic.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
-  params = list(gin_params) + [f"CROP_SIZE = ({size}, {size})",
+  params = list(gin_params) + [f"InputConfig.crop_size = ({size}, {size})",
                                f"ExperimentConfig.eval_input_size = ({size}, {size})",
                                f"ExperimentConfig.train_batch_size = {batch_size}",
                                f"ExperimentConfig.jit_compile = {jit_compile}"]
