@@ -18,13 +18,13 @@ the kMaX family converts with TFLite built-in ops only (checked by
 for a family that needs them (the app then links the Flex delegate).
 """
 
-import os
 from typing import Dict
 
 import tensorflow as tf
 
 from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.export import saved_model
+from deeplab_panoptic.utils import files
 
 
 def tflite_function(module: saved_model.PanopticExportModule
@@ -85,11 +85,5 @@ def export_tflite(module: saved_model.PanopticExportModule, path: str,
     raise ValueError(f"TFLite conversion of {module.model.name} failed"
                      f"{'' if select_tf_ops else ' with built-in ops only (try --select_tf_ops)'}"
                      f": {first}") from e
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  files.write_bytes_atomic(path, data)
   return path
