@@ -117,9 +117,11 @@ class AugmentationConfig:
       see ``preprocessing.color_jitter``.
   """
   train_resize: str = RANDOM_SCALE
+  # random_scale
   min_scale: float = 0.5
   max_scale: float = 2.0
   scale_step: float = 0.1
+  # random_short_side
   min_short_side: int = 480
   max_short_side: int = 800
   short_side_step: int = 32
