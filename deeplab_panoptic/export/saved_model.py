@@ -30,6 +30,7 @@ import tf_keras as keras
 
 from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
+from deeplab_panoptic.data import input_config as input_config_lib
 from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.data import tfrecord
 from deeplab_panoptic.modeling import base as modeling_base
@@ -64,7 +65,8 @@ def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int],
   Args:
     images: uint8 ``[batch, height, width, 3]``.
     input_size: static ``(H, W)`` of the model input.
-    eval_resize, short_side, max_long_side: as ``build_dataset``'s eval options.
+    eval_resize, short_side, max_long_side: as ``InputConfig``'s ``eval_resize``,
+      ``eval_short_side``, ``eval_max_long_side``.
 
   Returns:
     ``(inputs [batch, H, W, 3] float32, (resized_height, resized_width))``.
@@ -123,17 +125,19 @@ class PanopticExportModule(tf.Module):
       return ``SEGMENT_IDS`` (per slot, at the model input size). Without
       ``SEGMENT_IDS`` the per-pixel-argmax convention is assumed: a thing slot
       ``i`` has instance ``i + 1``, stuff slots instance 0.
-    input_size: model input size (H, W), the evaluation crop size.
-    eval_resize, short_side, max_long_side: the evaluation resize of the reader
-      (``build_dataset``'s ``eval_resize``, ``eval_short_side``, ``max_long_side``).
+    input_size: model input size (H, W); default: the recipe's
+      ``InputConfig.crop_size`` (the evaluation crop size).
+    eval_resize, short_side, max_long_side: the evaluation resize of the reader;
+      default: ``InputConfig``'s ``eval_resize``, ``eval_short_side``,
+      ``eval_max_long_side``, so the SavedModel preprocesses as evaluation does.
     dataset_info: the dataset description stored in the SavedModel; default: the
       gin-selected ``dataset_info()``.
   """
 
   def __init__(self, model: keras.Model, postprocessor: Callable,
-               input_size: Sequence[int] = gin.REQUIRED,
-               eval_resize: str = preprocessing.FIT_SHRINK_ONLY, short_side: int = 800,
-               max_long_side: int = 1333,
+               input_size: Optional[Sequence[int]] = None,
+               eval_resize: Optional[str] = None, short_side: Optional[int] = None,
+               max_long_side: Optional[int] = None,
                dataset_info: Optional[dataset_info_lib.DatasetInfo] = None):
     super().__init__(name="panoptic_export")
     # The SavedModel holds the inference model only: the model is kept untracked
@@ -147,7 +151,12 @@ class PanopticExportModule(tf.Module):
     self.postprocessor = postprocessor
     self.results = postprocess_base.check_results(type(postprocessor).__name__,
                                                   postprocessor.results)
-    self.input_size = (int(input_size[0]), int(input_size[1]))
+    config = input_config_lib.InputConfig(
+        **({} if input_size is None else {"crop_size": tuple(input_size)}))
+    eval_resize = config.eval_resize if eval_resize is None else eval_resize
+    short_side = config.eval_short_side if short_side is None else short_side
+    max_long_side = config.eval_max_long_side if max_long_side is None else max_long_side
+    self.input_size = config.crop_size
     self._resize = (eval_resize, short_side, max_long_side)
     info = dataset_info if dataset_info is not None else dataset_info_lib.dataset_info()
     self._info = info

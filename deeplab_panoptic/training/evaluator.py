@@ -28,11 +28,11 @@ from absl import logging
 from deeplab_panoptic import common
 from deeplab_panoptic.data import inspect as inspect_lib
 from deeplab_panoptic.data.dataset_info import DatasetInfo
-from deeplab_panoptic.evaluation.coco_format import CocoPanopticWriter
+from deeplab_panoptic.data.coco_panoptic import CocoPanopticWriter
 from deeplab_panoptic.evaluation.metrics import SegmentationMetrics
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess import resolution
-from deeplab_panoptic.training import files
+from deeplab_panoptic.utils import files
 
 
 # The host-side undoing of the preprocessing, compiled once per batch shape. The

@@ -12,6 +12,7 @@ from absl import logging
 
 from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
+from deeplab_panoptic.data import input_config as input_config_lib
 from deeplab_panoptic.data import reader
 from deeplab_panoptic.export import saved_model
 from deeplab_panoptic.losses.criterion import Criterion
@@ -65,7 +66,8 @@ class ExperimentConfig:
     checkpoint_interval: steps between checkpoints.
     eval_interval: steps between evaluations in train_and_eval (None: at the end).
     max_checkpoints: checkpoints kept.
-    eval_input_size: model input (H, W) at evaluation, export and for gmacs.
+    eval_input_size: model input (H, W) for building the model and for gmacs;
+      default: the recipe's one crop-size binding, ``InputConfig.crop_size``.
     jit_compile: compile the training step with XLA (needs the "tpu" matcher).
     prepare_data: optional callable run before anything reads data (the shapes
       quickstart generates its dataset here when missing).
@@ -108,7 +110,7 @@ class ExperimentConfig:
   checkpoint_interval: int = 1000
   eval_interval: Optional[int] = None
   max_checkpoints: int = 3
-  eval_input_size: Sequence[int] = (641, 641)
+  eval_input_size: Optional[Sequence[int]] = None
   jit_compile: bool = False
   prepare_data: Optional[Callable[[], None]] = None
   continuous_eval_timeout: int = 3600
@@ -123,6 +125,10 @@ class ExperimentConfig:
   init_checkpoint: Optional[str] = None
   init_checkpoint_parts: Sequence[str] = (init_checkpoint_lib.ALL_PARTS,)
   init_checkpoint_layout: str = "ours"
+
+  def __post_init__(self):
+    if self.eval_input_size is None:
+      self.eval_input_size = input_config_lib.InputConfig().crop_size
 
 
 class Experiment:

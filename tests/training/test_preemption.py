@@ -33,7 +33,7 @@ def _params(data):
       "--gin_param=ExperimentConfig.checkpoint_data_iterator=True",
       "--gin_param=ExperimentConfig.deterministic_ops=True",
       "--gin_param=ExperimentConfig.seed=1",
-      "--gin_param=train/build_dataset.shuffle_buffer=8",
+      "--gin_param=train/PipelineConfig.shuffle_buffer=8",
       f"--gin_param=DATA_DIR='{data}'",
       f"--gin_param=ExperimentConfig.train_file_pattern='{data}/train-*'",
       f"--gin_param=ExperimentConfig.eval_file_pattern='{data}/val-*'",

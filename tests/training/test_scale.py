@@ -352,7 +352,8 @@ def test_schedule_blocks(clean_state, block, bindings, expected):
   from tests.conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
   gin.parse_config_files_and_bindings(
       [os.path.join(REPO_ROOT, "configs/schedules", block)],
-      ["TRAIN_STEPS = 1000", "BASE_LEARNING_RATE = 1.0"] + ([bindings] if bindings else []))
+      ["TRAIN_STEPS = 1000", "BASE_LEARNING_RATE = 1.0", "InputConfig.crop_size = (8, 8)"]
+      + ([bindings] if bindings else []))
   schedule = optimizers.learning_rate_schedule()
   for step, lr in expected.items():
     np.testing.assert_allclose(float(schedule(step)), lr, rtol=1e-5, atol=1e-7,
