@@ -113,12 +113,8 @@ class FCNHead(base.PixelHead):
     num_convs: 3x3 convolutions before the classifier (mmsegmentation's
       auxiliary head: 1).
     num_filters: their channels (mmsegmentation: 256).
-    activation: activation after every batch norm.
-    use_sync_bn: synchronized batch norm across replicas.
-    norm_momentum: batch-norm momentum (Keras convention).
-    norm_epsilon: batch-norm epsilon.
-    l2_weight_decay: L2 penalty on the convolution kernels (a
-      ``regularizers.L2(l2_weight_decay / 2)`` loss, Model Garden's way); 0: none.
+    activation, use_sync_bn, norm_momentum, norm_epsilon, l2_weight_decay: as
+      ``DeepLabV3PlusHead``'s.
   """
 
   def __init__(self, num_classes: int = gin.REQUIRED, input_key: str = "stage4",
