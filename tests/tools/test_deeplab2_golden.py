@@ -72,7 +72,11 @@ def import_and_run(name: str, image: np.ndarray, prefix: str):
     report = imp.import_checkpoint(model, prefix)
     # deeplab2 maps [0, 255] to [-1, 1] inside its model; ours takes [-1, 1].
     outputs = model(tf.constant(image / 127.5 - 1.0, tf.float32), training=False)
-    return report, {k: outputs[k].numpy() for k in OUTPUTS}
+    ours = {k: outputs[k].numpy() for k in OUTPUTS}
+    # Per layer prediction: the kMaX layers' k-means assignment (argmax over centres).
+    ours["aux_mask_logits"] = [a[common.PRED_MASK_LOGITS].numpy()
+                               for a in outputs.get(common.AUX_OUTPUTS, ())]
+    return report, ours
   finally:
     gin.clear_config()
 
@@ -117,3 +121,18 @@ def test_outputs_match_deeplab2(imported, ours_key):
   assert got.shape == want.shape, (name, ours_key)
   np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE,
                              err_msg=f"{name}: {ours_key} vs deeplab2 {OUTPUTS[ours_key]}")
+
+
+def test_kmeans_layers_assign_to_several_centres(imported):
+  # kMaX's hard assignment (argmax over centres) is exercised only if it picks
+  # several centres, by margins that no error within TOLERANCE can flip.
+  name, metadata, _, ours, _, _ = imported
+  layers = ours["aux_mask_logits"]
+  if metadata["config"]["meta_architecture"] != "kmax":
+    assert not layers, name  # MaX-DeepLab: no per-layer predictions
+    return
+  assert len(layers) == sum(metadata["config"]["transformer_decoder"]["num_blocks"])
+  for logits in layers:
+    top2 = np.sort(logits[0], axis=-1)[..., -2:]
+    assert len(np.unique(np.argmax(logits[0], axis=-1))) >= 3, name
+    assert float(np.min(top2[..., 1] - top2[..., 0])) > 2 * TOLERANCE, name
