@@ -16,7 +16,6 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from deeplab_panoptic import common
 from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling import heads
 from deeplab_panoptic.modeling.layers import cmt_layer

@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
+from deeplab_panoptic.modeling.layers.multi_head import check_head_widths
 
 # Largest relative distance with its own embedding (deeplab2: 255, table of 509).
 MAX_SPAN = 255
@@ -56,12 +57,8 @@ class AxialAttention(keras.layers.Layer):
   def __init__(self, key_dim: int, value_dim: int, num_heads: int = 8,
                max_span: int = MAX_SPAN, rpe_stddev: float = 1.0, **kwargs):
     super().__init__(**kwargs)
-    if key_dim % num_heads or value_dim % num_heads:
-      raise ValueError(f"AxialAttention: key_dim {key_dim} and value_dim {value_dim} "
-                       f"must be divisible by num_heads {num_heads}.")
-    self.key_dim = key_dim
-    self.value_dim = value_dim
-    self.num_heads = num_heads
+    check_head_widths("AxialAttention", num_heads, key_dim=key_dim, value_dim=value_dim)
+    self.key_dim, self.value_dim, self.num_heads = key_dim, value_dim, num_heads
     self.max_span = max_span
     self._rpe_stddev = rpe_stddev
     self._bn_qkv = conv.batch_norm(name="batch_norm_qkv")

@@ -30,13 +30,14 @@ of ``STAGE_*`` keys). The first layer also accepts the bare memory tensor.
 """
 
 import math
-from typing import Any, List
+from typing import Any, Dict, List
 
 import gin
 import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic.modeling.layers import conv
+from deeplab_panoptic.ops import resize
 from deeplab_panoptic.modeling.layers.coord_conv import coordinate_grid
 from deeplab_panoptic.modeling.layers.dual_path import (
     AttentionOperation, DenseBN, DualPathConfig, DualPathTransformerLayer)
@@ -64,13 +65,6 @@ def reference_points(embedding: tf.Tensor, num_points: int) -> tf.Tensor:
   """
   points = tf.sigmoid(embedding)
   return tf.stack([points[..., :num_points], points[..., num_points:]], axis=-1)
-
-
-def resize_logits(logits: tf.Tensor, size) -> tf.Tensor:
-  """Bilinear resize of ``[B, h, w, N]`` logits to ``size`` (no-op when equal)."""
-  if tuple(logits.shape[1:3]) == tuple(size):
-    return logits
-  return tf.cast(tf.image.resize(logits, size, method="bilinear"), logits.dtype)
 
 
 class ClusteringDualPathLayer(DualPathTransformerLayer):
@@ -152,7 +146,7 @@ class ClusteringDualPathLayer(DualPathTransformerLayer):
       logits = tf.einsum("bpd,bnd->bpn", p_q, m_k) / math.sqrt(self.key_dim)
       logits = tf.reshape(logits, [-1, height, width, logits.shape[-1]])
       if STATE_LOGITS in state:
-        logits = logits + resize_logits(state[STATE_LOGITS], (height, width))
+        logits = logits + resize.resize_bilinear(state[STATE_LOGITS], (height, width))
       state[STATE_LOGITS] = logits
       stage[STAGE_LOGITS] = logits
       assignment = tf.nn.softmax(tf.reshape(logits, [-1, height * width,
@@ -198,33 +192,29 @@ class CMTLayerConfig(DualPathConfig):
   is a ``ClusteringDualPathLayer``.
 
   Args:
-    num_memory, memory_dim, bottleneck_dim, key_dim, value_dim, num_heads,
-      ffn_dim: as ``DualPathConfig``.
     clustering, location, num_reference_points, reference_mlp_dim,
       pixel_coord_kernel: as ``ClusteringDualPathLayer``.
+    **widths: ``num_memory``, ``memory_dim``, ``bottleneck_dim``, ``key_dim``,
+      ``value_dim``, ``num_heads``, ``ffn_dim``, as ``DualPathConfig``.
   """
 
-  def __init__(self, num_memory: int = 128, memory_dim: int = 256,
-               bottleneck_dim: int = 256, key_dim: int = 128, value_dim: int = 256,
-               num_heads: int = 8, ffn_dim: int = 2048, clustering: bool = True,
-               location: bool = True, num_reference_points: int = 8,
-               reference_mlp_dim: int = 256, pixel_coord_kernel: int = 3):
-    super().__init__(num_memory, memory_dim, bottleneck_dim, key_dim, value_dim,
-                     num_heads, ffn_dim)
+  layer_class = ClusteringDualPathLayer
+
+  def __init__(self, clustering: bool = True, location: bool = True,
+               num_reference_points: int = 8, reference_mlp_dim: int = 256,
+               pixel_coord_kernel: int = 3, **widths: int):
+    super().__init__(**widths)
     self.clustering = clustering
     self.location = location
     self.num_reference_points = num_reference_points
     self.reference_mlp_dim = reference_mlp_dim
     self.pixel_coord_kernel = pixel_coord_kernel
 
-  def make_layer(self, activation: str, drop_path_rate: float,
-                 name: str) -> ClusteringDualPathLayer:
-    return ClusteringDualPathLayer(
-        self.bottleneck_dim, self.key_dim, self.value_dim, self.num_heads, self.ffn_dim,
-        activation, drop_path_rate, clustering=self.clustering, location=self.location,
-        num_reference_points=self.num_reference_points,
-        reference_mlp_dim=self.reference_mlp_dim,
-        pixel_coord_kernel=self.pixel_coord_kernel, name=name)
+  def layer_options(self) -> Dict[str, Any]:
+    return dict(clustering=self.clustering, location=self.location,
+                num_reference_points=self.num_reference_points,
+                reference_mlp_dim=self.reference_mlp_dim,
+                pixel_coord_kernel=self.pixel_coord_kernel)
 
 
 def stages_of(state: Any) -> List[dict]:

@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.modeling.layers.multi_head import check_head_widths
+
 SpatialShapes = Sequence[Tuple[int, int]]
 
 
@@ -146,13 +148,9 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
   def __init__(self, dim: int = 256, num_heads: int = 8, num_levels: int = 4,
                num_points: int = 4, **kwargs):
     super().__init__(**kwargs)
-    if dim % num_heads:
-      raise ValueError(f"MultiScaleDeformableAttention: dim {dim} is not divisible by "
-                       f"num_heads {num_heads}.")
-    self.dim = dim
-    self.num_heads = num_heads
-    self.num_levels = num_levels
-    self.num_points = num_points
+    check_head_widths("MultiScaleDeformableAttention", num_heads, dim=dim)
+    self.dim, self.num_heads = dim, num_heads
+    self.num_levels, self.num_points = num_levels, num_points
     # Offsets start at the fixed pattern of _offset_bias_init (zero weights);
     # attention starts uniform (zero weight and bias): Deformable DETR's init.
     self._offsets = keras.layers.Dense(

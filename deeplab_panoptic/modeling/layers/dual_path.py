@@ -13,12 +13,15 @@ As in deeplab2, similarity logits are batch-normalised per head (in place of the
 1x1 projection whose BN starts at gamma 0, so a fresh layer is the identity.
 """
 
+from typing import Any, Dict
+
 import gin
 import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
+from deeplab_panoptic.modeling.layers.multi_head import check_head_widths
 
 
 class AttentionOperation(keras.layers.Layer):
@@ -91,9 +94,8 @@ class DualPathTransformerLayer(keras.layers.Layer):
                num_heads: int = 8, ffn_dim: int = 2048, activation: str = "relu",
                drop_path_rate: float = 0.0, **kwargs):
     super().__init__(**kwargs)
-    if key_dim % num_heads or value_dim % num_heads:
-      raise ValueError(f"DualPathTransformerLayer: key_dim {key_dim} and value_dim "
-                       f"{value_dim} must be divisible by num_heads {num_heads}.")
+    check_head_widths("DualPathTransformerLayer", num_heads, key_dim=key_dim,
+                      value_dim=value_dim)
     self.key_dim, self.value_dim, self.num_heads = key_dim, value_dim, num_heads
     self._bottleneck_dim = bottleneck_dim
     self._ffn_dim = ffn_dim
@@ -193,8 +195,15 @@ class DualPathConfig:
     self.num_heads = num_heads
     self.ffn_dim = ffn_dim
 
+  layer_class = DualPathTransformerLayer
+  """The layer ``make_layer`` builds (a subclass config may build a subclass)."""
+
+  def layer_options(self) -> Dict[str, Any]:
+    """Keyword arguments of ``layer_class`` beyond the widths (none here)."""
+    return {}
+
   def make_layer(self, activation: str, drop_path_rate: float,
                  name: str) -> DualPathTransformerLayer:
-    return DualPathTransformerLayer(self.bottleneck_dim, self.key_dim, self.value_dim,
-                                    self.num_heads, self.ffn_dim, activation,
-                                    drop_path_rate, name=name)
+    return self.layer_class(self.bottleneck_dim, self.key_dim, self.value_dim,
+                            self.num_heads, self.ffn_dim, activation, drop_path_rate,
+                            name=name, **self.layer_options())

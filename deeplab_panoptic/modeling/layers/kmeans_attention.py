@@ -8,6 +8,7 @@ import tf_keras as keras
 from deeplab_panoptic import common
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
+from deeplab_panoptic.modeling.layers.multi_head import check_head_widths
 
 
 def kmeans_assignment(mask_logits: tf.Tensor) -> tf.Tensor:
@@ -52,12 +53,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
   def __init__(self, num_heads: int, key_dim: int, value_dim: int, activation: str,
                similarity_batch_norm: bool = True, **kwargs):
     super().__init__(**kwargs)
-    if key_dim % num_heads or value_dim % num_heads:
-      raise ValueError(f"key_dim {key_dim} and value_dim {value_dim} must be divisible "
-                       f"by num_heads {num_heads}.")
-    self._heads = num_heads
-    self._key_dim = key_dim
-    self._value_dim = value_dim
+    check_head_widths("MultiHeadSelfAttention", num_heads, key_dim=key_dim,
+                      value_dim=value_dim)
+    self._heads, self._key_dim, self._value_dim = num_heads, key_dim, value_dim
     self._qkv = keras.layers.Dense(2 * key_dim + value_dim, use_bias=False, name="qkv")
     self._qkv_bn = conv.batch_norm(name="qkv_bn")
     self._value_bn = conv.batch_norm(name="value_bn")

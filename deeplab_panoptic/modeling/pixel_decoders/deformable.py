@@ -10,7 +10,7 @@ the 2x-upsampled next-coarser output, then a 3x3 conv + GN (an FPN step, as
 Mask2Former's pixel decoder adds stride 4); a mask decoder can attend to them.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import gin
 import tensorflow as tf
@@ -21,6 +21,7 @@ from deeplab_panoptic.modeling.layers.deformable_attention import (
     MultiScaleDeformableAttention, flatten_levels)
 from deeplab_panoptic.modeling.layers.feed_forward import FeedForward
 from deeplab_panoptic.modeling.layers.positional_encoding import level_positional_encodings
+from deeplab_panoptic.ops import resize
 
 
 def encoder_reference_points(shapes: Sequence[Tuple[int, int]]) -> tf.Tensor:
@@ -162,7 +163,6 @@ class DeformableEncoder(base.PixelDecoder):
                          f"{key!r}; it gives {sorted(endpoints)}.")
       x = lateral_norm(lateral(endpoints[key]))
       size = x.shape[1:3] if x.shape[1:3].is_fully_defined() else tf.shape(x)[1:3]
-      # tf.image.resize returns float32 whatever its input; keep the layer's dtype.
-      x += tf.cast(tf.image.resize(coarser, size, method="bilinear"), x.dtype)
+      x += resize.resize_bilinear(coarser, size)
       coarser = outputs[key] = tf.nn.relu(norm(conv(x)))
     return outputs

@@ -21,20 +21,12 @@ from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers import conv
 from deeplab_panoptic.modeling.layers.axial_attention import ResidualBlock, block_widths
 from deeplab_panoptic.modeling.layers.dual_path import DualPathConfig
+from deeplab_panoptic.ops import resize
 
 MEMORY = common.MEMORY
 # Output key of the feature kept apart for the semantic head (``semantic_stage``);
 # bind ``SemanticHead.input_key`` to it.
 SEMANTIC_FEATURE = common.SEMANTIC_FEATURE
-
-
-def resize_align_corners(x: tf.Tensor, size) -> tf.Tensor:
-  """Bilinear resize with aligned corners (deeplab2's choice; exact for 2^k n + 1)."""
-  if tuple(x.shape[1:3]) == tuple(size):
-    return x
-  # ResizeBilinear returns float32; mixed precision needs the input's type back.
-  return tf.cast(tf.raw_ops.ResizeBilinear(images=x, size=list(size), align_corners=True,
-                                          half_pixel_centers=False), x.dtype)
 
 
 class MaXResizedFuse(keras.layers.Layer):
@@ -74,7 +66,8 @@ class MaXResizedFuse(keras.layers.Layer):
     for x, proj in zip(features, self._projections):
       if proj is not None:
         x = proj(self._act(x), training=training)
-      out = out + resize_align_corners(x, size)
+      # Aligned corners, deeplab2's choice (exact for sizes 2^k n + 1).
+      out = out + resize.resize_bilinear(x, size, align_corners=True)
     return out
 
 

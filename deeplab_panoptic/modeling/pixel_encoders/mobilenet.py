@@ -40,13 +40,10 @@ class MobileNetEncoder(base.PixelEncoder):
                norm_momentum: float = 0.99, norm_epsilon: float = 1e-3, **kwargs):
     super().__init__(**kwargs)
     full = mg_mobilenet.MobileNet(
-        model_id=model_id,
-        filter_size_scale=filter_size_scale,
+        model_id=model_id, filter_size_scale=filter_size_scale,
         input_specs=keras.layers.InputSpec(shape=[None, None, None, 3]),
-        stochastic_depth_drop_rate=stochastic_depth_drop_rate,
-        use_sync_bn=use_sync_bn,
-        norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon,
+        stochastic_depth_drop_rate=stochastic_depth_drop_rate, use_sync_bn=use_sync_bn,
+        norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
         output_intermediate_endpoints=True)
     outputs = {}
     outputs_by_name = dict(full.output)  # Model Garden's {"<level>[/depthwise]": tensor}.

@@ -19,24 +19,20 @@ import tf_keras as keras
 
 from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
+from deeplab_panoptic.modeling.layers.multi_head import check_head_widths
 
 # Widths, depths, heads, SR ratios and MLP ratios of the released models
 # (whai362/PVT classification/pvt_v2.py).
+_WIDTHS = (64, 128, 320, 512)
 VARIANTS = {
-    "b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2),
-               mlp_ratios=(8, 8, 4, 4)),
-    "b1": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2),
-               mlp_ratios=(8, 8, 4, 4)),
-    "b2": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3),
-               mlp_ratios=(8, 8, 4, 4)),
-    "b3": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3),
-               mlp_ratios=(8, 8, 4, 4)),
-    "b4": dict(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3),
-               mlp_ratios=(8, 8, 4, 4)),
-    "b5": dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3),
-               mlp_ratios=(4, 4, 4, 4)),
-    "b2_li": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3),
-                  mlp_ratios=(8, 8, 4, 4), linear=True),
+    "b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4)),
+    "b1": dict(embed_dims=_WIDTHS, depths=(2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4)),
+    "b2": dict(embed_dims=_WIDTHS, depths=(3, 4, 6, 3), mlp_ratios=(8, 8, 4, 4)),
+    "b3": dict(embed_dims=_WIDTHS, depths=(3, 4, 18, 3), mlp_ratios=(8, 8, 4, 4)),
+    "b4": dict(embed_dims=_WIDTHS, depths=(3, 8, 27, 3), mlp_ratios=(8, 8, 4, 4)),
+    "b5": dict(embed_dims=_WIDTHS, depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4)),
+    "b2_li": dict(embed_dims=_WIDTHS, depths=(3, 4, 6, 3), mlp_ratios=(8, 8, 4, 4),
+                  linear=True),
 }
 
 
@@ -100,8 +96,7 @@ class SpatialReductionAttention(keras.layers.Layer):
   def __init__(self, dim: int, num_heads: int, sr_ratio: int, linear: bool = False,
                pool_size: int = 7, **kwargs):
     super().__init__(**kwargs)
-    if dim % num_heads:
-      raise ValueError(f"PVTv2: width {dim} is not divisible by {num_heads} heads.")
+    check_head_widths("PVTv2 SpatialReductionAttention", num_heads, width=dim)
     self._heads = num_heads
     self._head_dim = dim // num_heads
     self._q = _dense(dim, "q")

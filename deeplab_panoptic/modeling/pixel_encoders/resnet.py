@@ -49,14 +49,10 @@ class ResNetEncoder(base.PixelEncoder):
                freeze_batch_norm: bool = False, stride2_endpoint: bool = False, **kwargs):
     super().__init__(**kwargs)
     self._backbone = mg_resnet.ResNet(
-        model_id=model_id,
-        input_specs=keras.layers.InputSpec(shape=[None, None, None, 3]),
-        depth_multiplier=depth_multiplier,
-        stem_type=stem_type,
-        init_stochastic_depth_rate=init_stochastic_depth_rate,
-        activation=activation,
-        use_sync_bn=use_sync_bn,
-        norm_momentum=norm_momentum,
+        model_id=model_id, input_specs=keras.layers.InputSpec(shape=[None, None, None, 3]),
+        depth_multiplier=depth_multiplier, stem_type=stem_type,
+        init_stochastic_depth_rate=init_stochastic_depth_rate, activation=activation,
+        use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
         # A non-trainable Keras BatchNormalization normalises with its moving
         # statistics and leaves them unchanged, even when called with training=True.
         bn_trainable=not freeze_batch_norm)

@@ -10,7 +10,6 @@ from typing import Dict
 
 import gin
 import tensorflow as tf
-import tf_keras as keras
 
 from deeplab_panoptic.common import MEMORY
 from deeplab_panoptic.modeling import base

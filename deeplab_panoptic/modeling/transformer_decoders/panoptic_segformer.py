@@ -38,6 +38,7 @@ from deeplab_panoptic.modeling.layers.deformable_attention import (
     MultiScaleDeformableAttention, flatten_levels)
 from deeplab_panoptic.modeling.layers.feed_forward import FeedForward
 from deeplab_panoptic.modeling.layers.positional_encoding import level_positional_encodings
+from deeplab_panoptic.ops import resize
 
 
 class MultiHeadAttention(keras.layers.Layer):
@@ -127,9 +128,9 @@ class MaskDecoderLayer(keras.layers.Layer):
     return self._norm2(tgt + self._ffn(tgt, training=training)), logits
 
 
-AUX_LOCATIONS = "aux_locations"
-"""Training output: list of {PRED_LOCATION_CENTER, PRED_LOCATION_SCALE} dicts of
-the earlier location-decoder layers (``location_refine`` only)."""
+# Training output: list of {PRED_LOCATION_CENTER, PRED_LOCATION_SCALE} dicts of the
+# earlier location-decoder layers (``location_refine`` only).
+AUX_LOCATIONS = common.AUX_LOCATIONS
 
 
 def inverse_sigmoid(x: tf.Tensor, eps: float = 1e-5) -> tf.Tensor:
@@ -278,9 +279,7 @@ class PanopticSegFormerDecoder(base.TransformerDecoder):
       start += h * w
       fused = tf.einsum("bmnp,m->bpn", level_logits, kernel[level])
       fused = tf.reshape(fused, [-1, h, w, self.num_queries])
-      if (h, w) != size:
-        fused = tf.cast(tf.image.resize(fused, size, method="bilinear"), fused.dtype)
-      masks += fused
+      masks += resize.resize_bilinear(fused, size)
     return {common.PRED_CLASS_LOGITS: self._class(tgt),
             common.PRED_MASK_LOGITS: masks + self._mask_fuse.bias}
 
