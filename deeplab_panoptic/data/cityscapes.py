@@ -54,7 +54,11 @@ def list_pairs(root: str, split: str) -> List[Tuple[str, str]]:
 
 def _label_table(info: dataset_info_lib.DatasetInfo) -> np.ndarray:
   """Train id per Cityscapes label id (ignore_label for void, -1 for unknown ids)."""
-  from cityscapesscripts.helpers import labels as cs_labels  # pylint: disable=g-import-not-at-top
+  try:
+    from cityscapesscripts.helpers import labels as cs_labels  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError("Reading Cityscapes labels needs the package cityscapesscripts: "
+                     "pip install 'deeplab_panoptic[cityscapes]'.") from e
   train_id = info.train_id_from_dataset_id()
   table = np.full(CITYSCAPES_INSTANCE_DIVISOR, -1, np.int64)
   for label in cs_labels.labels:

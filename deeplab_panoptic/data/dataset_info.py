@@ -128,7 +128,7 @@ def _cityscapes() -> DatasetInfo:
     from cityscapesscripts.helpers import labels as cs_labels  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ValueError("The cityscapes dataset description needs the package "
-                     "cityscapesscripts (pip install cityscapesscripts).") from e
+                     "cityscapesscripts: pip install 'deeplab_panoptic[cityscapes]'.") from e
   train_labels = sorted((l for l in cs_labels.labels if 0 <= l.trainId < 255),
                         key=lambda l: l.trainId)
   if [l.trainId for l in train_labels] != list(range(len(train_labels))):
