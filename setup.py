@@ -1,32 +1,36 @@
-"""Packaging for deeplab_panoptic."""
+"""Packaging: the metadata is in pyproject.toml; this file only ships the gin files.
+
+The recipes (``experiments/**.gin``) and the building blocks they include
+(``configs/**.gin``) live at the top of the repository, beside the package. A
+built wheel carries them as package data under ``deeplab_panoptic/gin_files/``,
+where ``deeplab_panoptic.cli.recipes`` finds them, so that an installed package
+runs ``--gin_file=coco/kmax_r50_1281_150k`` from any folder. An editable install
+reads them from the checkout instead.
+"""
+
+import glob
+import os
 
 import setuptools
+from setuptools.command.build_py import build_py
 
-INSTALL_REQUIRES = [
-    "tensorflow==2.20.*",
-    "tf-keras==2.20.*",
-    "tf-models-official==2.20.*",
-    "gin-config>=0.5.0,<0.6",
-    "absl-py>=1.4,<3",
-    "numpy>=1.26,<3",
-    "scipy>=1.11,<2",
-    "pycocotools>=2.0.7,<3",
-    "Pillow>=10,<14",
-    "cityscapesscripts==2.3.0",
-]
+GIN_FOLDERS = ("experiments", "configs")
+PACKAGE_DATA_DIR = os.path.join("deeplab_panoptic", "gin_files")
 
-setuptools.setup(
-    name="deeplab_panoptic",
-    version="0.1.0",
-    description=("End-to-end panoptic segmentation with mask transformers "
-                 "(MaX-DeepLab, CMT-DeepLab, kMaX-DeepLab/ReMaX, "
-                 "Panoptic SegFormer) in TensorFlow."),
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    license="Apache-2.0",
-    python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["deeplab_panoptic", "deeplab_panoptic.*"]),
-    install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8,<10"]},
-    entry_points={"console_scripts": ["deeplab-panoptic=deeplab_panoptic.main:run"]},
-)
+
+class BuildPyWithGinFiles(build_py):
+  """build_py that also copies experiments/ and configs/ into the package."""
+
+  def run(self):
+    super().run()
+    if getattr(self, "editable_mode", False):
+      return  # The checkout's own files are read.
+    for folder in GIN_FOLDERS:
+      for path in sorted(glob.glob(os.path.join(folder, "**", "*.gin"), recursive=True)):
+        target = os.path.join(self.build_lib, PACKAGE_DATA_DIR, path)
+        self.mkpath(os.path.dirname(target))
+        self.copy_file(path, target)
+
+
+if __name__ == "__main__":  # pip's build backend runs this file as __main__
+  setuptools.setup(cmdclass={"build_py": BuildPyWithGinFiles})
