@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.postprocess.semantic import SemanticPostprocessor
 from deeplab_panoptic import common
 from deeplab_panoptic import registry  # pylint: disable=unused-import
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
@@ -315,8 +316,11 @@ def test_drop_path_generator_is_checkpointed_and_resumes_its_stream(clean_state,
 
 def test_eval_pictures_are_written_as_image_summaries(clean_state, tmp_path):
   info = dataset_info_lib.dataset_info(name="shapes")
+  postprocessor = SemanticPostprocessor(is_thing=info.is_thing,
+                                        label_divisor=info.label_divisor,
+                                        ignore_label=info.ignore_label)
   evaluator = evaluator_lib.PanopticEvaluator(
-      tf.distribute.get_strategy(), model=None, postprocessor=None,
+      tf.distribute.get_strategy(), model=None, postprocessor=postprocessor,
       eval_dataset=tf.data.Dataset.range(1), dataset_info=info, model_dir=str(tmp_path),
       global_step=tf.Variable(0, dtype=tf.int64), num_summary_images=1)
   image = np.zeros([8, 8, 3], np.uint8)
