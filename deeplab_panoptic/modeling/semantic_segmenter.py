@@ -8,7 +8,7 @@ import tf_keras as keras
 
 from deeplab_panoptic import common
 from deeplab_panoptic.modeling import base
-from deeplab_panoptic.modeling import meta_arch
+from deeplab_panoptic.modeling import recompute as recompute_lib
 
 RECOMPUTABLE_PARTS = ("pixel_encoder", "pixel_decoder", "head")
 
@@ -79,7 +79,7 @@ class SemanticSegmenter(base.SegmentationModel):
     """Calls part ``name``, under tf.recompute_grad when configured and training."""
     part = getattr(self, name)
     if training and name in self.recompute:
-      return meta_arch._recompute_call(part, (inputs,), training)  # pylint: disable=protected-access
+      return recompute_lib.recompute_call(part, (inputs,), training)
     return part(inputs, training=training)
 
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
