@@ -140,8 +140,8 @@ def _run_experiment(mode: str, gin_files: List[str], gin_params: List[str]) -> N
   # pylint: enable=g-import-not-at-top
   try:
     result = experiment.Experiment(FLAGS.model_dir or "", mode).run()
-  except ConversionError as e:
-    raise UsageError(f"data: {e}") from e
+  except ConversionError as e:  # gin appends "In call to configurable ..." lines
+    raise UsageError(f"data: {str(e).strip().splitlines()[0]}") from e
   except (ValueError, TypeError) as e:
     # Only a missing gin binding is a configuration error; anything else is a
     # real failure whose traceback the user needs.
