@@ -190,7 +190,10 @@ def parse_flags(argv: List[str]) -> List[str]:
   args = argv[1:]
   args = args[:args.index("--")] if "--" in args else args
   if any(arg in _HELP_ARGS for arg in args):
-    print(help_text())
+    try:
+      print(help_text(), flush=True)
+    except BrokenPipeError:  # ``--help | head``: the reader left; that is fine.
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
   try:
     return FLAGS(argv)

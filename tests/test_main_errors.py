@@ -271,3 +271,15 @@ def test_typed_fields_are_the_dataclass_fields():
   from deeplab_panoptic.training.experiment import ExperimentConfig  # pylint: disable=g-import-not-at-top
   (indexed,) = source_index.matching("ExperimentConfig")
   assert list(indexed.fields) == [f.name for f in dataclasses.fields(ExperimentConfig)]
+
+
+def test_a_file_that_does_not_parse_names_its_line(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text(f"include '{QUICKSTART}'\n\nExperimentConfig.train_steps = 10 10\n")
+  with pytest.raises(errors.UsageError, match=f"^bad gin configuration: {bad}:3: cannot parse"):
+    preflight.check_gin([str(bad)], [])
+  missing = tmp_path / "missing_include.gin"
+  missing.write_text("include 'configs/nope.gin'\n")
+  with pytest.raises(errors.UsageError, match=f"{missing}:1: included file not found: "
+                     "configs/nope.gin"):
+    preflight.check_gin([str(missing)], [])

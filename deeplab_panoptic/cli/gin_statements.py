@@ -6,6 +6,7 @@ search root of ``recipes``) and records each binding with where it was made,
 so that a check can name the file and line of a bad value.
 """
 
+import re
 import tokenize
 from typing import Any, List, NamedTuple
 
@@ -63,8 +64,12 @@ def _parse(text, where: str, out: Statements, depth: int) -> None:
     statements = list(config_parser.ConfigParser(text, _Delegate()))
   except (SyntaxError, ValueError, tokenize.TokenError) as e:
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    message = re.sub(r"\s*\(line \d+\)$", "", message)  # said in `where` instead
     if isinstance(e, tokenize.TokenError):
       message = "unexpected end of input (an unclosed bracket or string?)"
+    line = getattr(e, "lineno", None)
+    if line and not where.startswith("--"):
+      where = f"{where}:{line}"
     raise UsageError(f"bad gin configuration: {where}: cannot parse: {message}") from e
   for statement in statements:
     location = getattr(statement, "location", None)
