@@ -5,7 +5,7 @@
 #   TPU_NAME=kmax ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 tpu/create_tpu_vm.sh [--spot]
 #
 # ACCELERATOR_TYPE defaults to v4-8 (one host, 4 chips). RUNTIME_VERSION defaults
-# to the TensorFlow image that matches setup.py's TensorFlow with the PJRT
+# to the TensorFlow image that matches pyproject.toml's TensorFlow with the PJRT
 # runtime (the "-pod" variant for slices of more than one host); check that the
 # zone offers it with `gcloud compute tpus tpu-vm versions list --zone=$ZONE`.
 # Extra arguments (e.g. --spot, --network=...) go to `gcloud ... create`.

@@ -6,7 +6,7 @@
 #
 # Each worker clones REPO_URL at REPO_REF into REMOTE_DIR (or updates an existing
 # clone) and runs `pip install -e .` there. The TensorFlow of the TPU image is
-# kept: setup.py pins the same minor version, so pip does not replace it; the
+# kept: pyproject.toml pins the same minor version, so pip does not replace it; the
 # check at the end prints each worker's TensorFlow version and its TPU devices.
 set -euo pipefail
 cd "$(dirname "$0")"
