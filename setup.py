@@ -10,6 +10,7 @@ reads them from the checkout instead.
 
 import glob
 import os
+import shutil
 
 import setuptools
 from setuptools.command.build_py import build_py
@@ -25,6 +26,8 @@ class BuildPyWithGinFiles(build_py):
     super().run()
     if getattr(self, "editable_mode", False):
       return  # The checkout's own files are read.
+    # A reused build/ folder must not keep a recipe deleted since.
+    shutil.rmtree(os.path.join(self.build_lib, PACKAGE_DATA_DIR), ignore_errors=True)
     for folder in GIN_FOLDERS:
       for path in sorted(glob.glob(os.path.join(folder, "**", "*.gin"), recursive=True)):
         target = os.path.join(self.build_lib, PACKAGE_DATA_DIR, path)

@@ -135,6 +135,9 @@ def _build_package(target):
 
 def test_a_built_package_resolves_recipes_by_name_from_anywhere(tmp_path):
   site = tmp_path / "site-packages"
+  stale = site / "deeplab_panoptic" / "gin_files" / "experiments" / "deleted_recipe.gin"
+  stale.parent.mkdir(parents=True)
+  stale.write_text("# a recipe deleted since the last build: not shipped again\n")
   _build_package(site)
   shipped = sorted(os.path.relpath(os.path.join(d, f), site / "deeplab_panoptic" / "gin_files")
                    for d, _, fs in os.walk(site / "deeplab_panoptic" / "gin_files")
