@@ -7,8 +7,9 @@ import sys
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
-COCO_SAMPLE_DIR = os.path.join(SHARED_DIR, "data", "coco_panoptic_sample")
+# Two real COCO images with their panoptic annotations, committed with the tests
+# (tests/fixtures/coco_panoptic_sample/README.md gives their source and licences).
+COCO_SAMPLE_DIR = os.path.join(REPO_ROOT, "tests", "fixtures", "coco_panoptic_sample")
 
 
 def run_main(*args, timeout=600):
@@ -21,7 +22,5 @@ def run_main(*args, timeout=600):
 
 @pytest.fixture
 def coco_sample_dir():
-  if not os.path.isdir(COCO_SAMPLE_DIR):
-    pytest.skip(f"the real COCO sample is not at {COCO_SAMPLE_DIR} "
-                "(../shared is absent in this checkout)")
+  """The committed COCO panoptic sample folder (never skipped: it ships with the tests)."""
   return COCO_SAMPLE_DIR

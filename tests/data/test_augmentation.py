@@ -7,7 +7,6 @@ came from, and the label must agree with it.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -20,8 +19,7 @@ from deeplab_panoptic.data import shapes
 from deeplab_panoptic.data import tfrecord
 from tests.data.pipeline_args import build_dataset_from_flat
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SAMPLE = os.path.join(REPO_ROOT, "..", "shared", "data", "coco_panoptic_sample")
+from tests.conftest import COCO_SAMPLE_DIR as SAMPLE
 
 
 def _write(path, examples, info):
@@ -152,12 +150,6 @@ def test_shapes_augmentation_is_consistent(tmp_path, copy_paste):
     _check_example(example, info, code)
 
 
-needs_sample = pytest.mark.skipif(
-    not os.path.isdir(SAMPLE),
-    reason=f"the real COCO sample ({os.path.normpath(SAMPLE)}) is absent")
-
-
-@needs_sample
 def test_real_sample_scale_crop_copy_paste_is_consistent(tmp_path):
   path, info, code = _coco_records(tmp_path)
   examples = _examples(path, info, batches=2, crop_size=(321, 321), min_scale=0.3,
@@ -171,7 +163,6 @@ def test_real_sample_scale_crop_copy_paste_is_consistent(tmp_path):
   assert pasted  # Some crops hold segments of both images.
 
 
-@needs_sample
 def test_real_sample_short_side_resize_is_consistent(tmp_path):
   path, info, code = _coco_records(tmp_path)
   examples = _examples(path, info, batches=2, crop_size=(480, 480),

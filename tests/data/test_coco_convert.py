@@ -16,12 +16,8 @@ from deeplab_panoptic.data import dataset_info
 from deeplab_panoptic.data import inspect as inspect_lib
 from deeplab_panoptic.data import tfrecord
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SAMPLE = os.path.join(REPO_ROOT, "..", "shared", "data", "coco_panoptic_sample")
-needs_sample = pytest.mark.skipif(
-    not os.path.isdir(SAMPLE),
-    reason=f"the real COCO sample ({os.path.normpath(SAMPLE)}, i.e. ../shared relative "
-           "to the repository root) is absent")
+from tests.conftest import COCO_SAMPLE_DIR as SAMPLE
+from tests.conftest import REPO_ROOT
 
 
 def _ids(path):
@@ -46,7 +42,6 @@ def _segments(panoptic_json, panoptic_dir):
   return result
 
 
-@needs_sample
 def test_real_coco_sample_round_trip(tmp_path):
   out = str(tmp_path / "records")
   rc = convert.run_args([
@@ -84,7 +79,6 @@ def test_real_coco_sample_round_trip(tmp_path):
   assert stored == open(f"{SAMPLE}/input_images/000000142238.jpg", "rb").read()
 
 
-@needs_sample
 def test_coco_format_reads_its_own_categories(tmp_path):
   out = str(tmp_path / "records")
   rc = convert.run_args([

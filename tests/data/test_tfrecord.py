@@ -13,10 +13,9 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info
 from deeplab_panoptic.data import shapes
 from deeplab_panoptic.data import tfrecord
+from tests.conftest import COCO_SAMPLE_DIR as COCO_SAMPLE
 
 INFO = dataset_info.SHAPES
-COCO_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
-                           "coco_panoptic_sample")
 
 
 def _record(image, panoptic, name="img.png", label_divisor=256, ignore_label=255,
@@ -131,9 +130,6 @@ def test_records_are_re_encoded_to_the_requested_label_divisor():
   assert int(as_stored[tfrecord.LABEL_DIVISOR]) == 256
 
 
-@pytest.mark.skipif(not os.path.isdir(COCO_SAMPLE),
-                    reason="../shared/data/coco_panoptic_sample is absent (it ships "
-                    "only with the development workspace, not with a clone)")
 def test_round_trip_real_coco_sample():
   with open(os.path.join(COCO_SAMPLE, "panoptic_examples.json"), encoding="utf-8") as f:
     annotations = json.load(f)

@@ -8,6 +8,7 @@ from PIL import Image
 import pytest
 
 from deeplab_panoptic.evaluation import panoptic_quality
+from tests.conftest import COCO_SAMPLE_DIR
 
 # Classes: 0 person (thing), 1 car (thing), 2 sky (stuff), 3 grass (stuff).
 IS_THING = (True, True, False, False)
@@ -214,9 +215,7 @@ def test_rejects_bad_input():
 # Cross-check on real COCO panoptic annotations against an independent,
 # loop-over-segments re-implementation of panopticapi's per-image algorithm.
 # ----------------------------------------------------------------------------
-_SAMPLE = os.path.normpath(os.path.join(
-    os.path.dirname(__file__), "..", "..", "..", "shared", "data",
-    "coco_panoptic_sample"))
+_SAMPLE = COCO_SAMPLE_DIR
 _COCO_DIV = 256
 _COCO_IGNORE = 255
 
@@ -375,9 +374,6 @@ def _to_coco_segments(pred, dataset_id, is_thing):
   return ids, segments
 
 
-@pytest.mark.skipif(not os.path.isdir(_SAMPLE),
-                    reason=f"COCO panoptic sample not found at {_SAMPLE} "
-                    "(../shared is absent in a fresh clone)")
 def test_matches_panopticapi_on_coco_sample(tmp_path):
   with open(os.path.join(_SAMPLE, "panoptic_coco_categories.json")) as f:
     category_list = json.load(f)
