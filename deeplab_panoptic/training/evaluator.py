@@ -32,6 +32,7 @@ from deeplab_panoptic.data.coco_panoptic import CocoPanopticWriter
 from deeplab_panoptic.evaluation.metrics import SegmentationMetrics
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess import resolution
+from deeplab_panoptic.training import ema as ema_lib
 from deeplab_panoptic.utils import files
 
 
@@ -66,14 +67,18 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       ``self.predictions`` (image name -> int32 ``[H0, W0]``) after an evaluation,
       e.g. to compare with a SavedModel (benchmarks/export_parity.py). Needs
       ``common.IMAGE_NAME`` in the eval batches.
+    ema: the moving averages of the weights (``training/ema.py``), swapped into
+      the model for each evaluation and swapped back after it; None: the raw
+      weights.
   """
 
   def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                postprocessor: Callable, eval_dataset, dataset_info: DatasetInfo,
                model_dir: str, global_step: tf.Variable, write_predictions: bool = False,
                compute_ap: Optional[bool] = None, num_summary_images: int = 3,
-               keep_predictions: bool = False):
+               keep_predictions: bool = False, ema: Optional[ema_lib.EmaWeights] = None):
     self.strategy = strategy
+    self.ema = ema
     self.model = model
     self.postprocessor = postprocessor
     self.results = postprocess_base.check_results(type(postprocessor).__name__,
@@ -96,6 +101,18 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     self._writer: Optional[CocoPanopticWriter] = None
     super().__init__(eval_dataset, options=orbit.StandardEvaluatorOptions(
         use_tf_while_loop=False))
+
+  def evaluate(self, num_steps):
+    """One evaluation; with EMA, of the averaged weights (the raw ones are back after)."""
+    if self.ema is None:
+      return super().evaluate(num_steps)
+    self.ema.check_ready(f"evaluation of {self.model_dir}")
+    msg = (f"eval  | step {int(self.global_step.numpy()):>6d} | evaluating the EMA of the "
+           "weights (make_optimizer.use_ema)")
+    print(msg, flush=True)
+    logging.info(msg)
+    with self.ema.swapped():
+      return super().evaluate(num_steps)
 
   @property
   def predictions_dir(self) -> str:

@@ -7,6 +7,7 @@ Membership in the backbone is decided by module (``model.pixel_encoder``), not b
 variable-name strings.
 """
 
+import inspect
 from typing import Dict, List, Optional, Sequence
 
 import gin
@@ -99,6 +100,17 @@ def make_optimizer(learning_rate, name: str = "adamw", weight_decay: float = 0.0
     optimizer = Lookahead(optimizer, sync_period=lookahead_sync_period,
                           slow_step_size=lookahead_slow_step_size)
   return optimizer
+
+
+def ema_enabled() -> bool:
+  """Whether the gin configuration turns the optimizers' EMA on (``make_optimizer.use_ema``).
+
+  Read without building an optimizer: evaluation and export need to know
+  whether the checkpoint's averages are the weights to use.
+  """
+  bound = gin.get_bindings(make_optimizer)
+  return bool(bound.get("use_ema", inspect.signature(make_optimizer).parameters["use_ema"]
+                        .default))
 
 
 def _no_decay(variable: tf.Variable) -> bool:
@@ -255,6 +267,32 @@ class OptimizerGroup(tf.Module):
     self.main.apply_gradients(main, **kwargs)
     if backbone:
       self.backbone.apply_gradients(backbone, **kwargs)
+
+  def moving_averages(self, variables: Sequence[tf.Variable]) -> Optional[List[tf.Variable]]:
+    """The optimizers' EMA variable of each of ``variables``, or None without EMA.
+
+    tf_keras keeps one average per variable an optimizer was built on
+    (``Optimizer._model_variables_moving_average``, in the order of its build's
+    ``var_list``), updated after every step with ``ema_momentum``; Lookahead's
+    is its inner optimizer's.
+
+    Args:
+      variables: trainable variables this group updates, in any order.
+
+    Returns:
+      Their averages, in the same order (float variables of the same shapes).
+    """
+    averages = []
+    for variable in variables:
+      optimizer = self.backbone if id(variable) in self._backbone_ids else self.main
+      optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+      if not optimizer.use_ema:
+        return None
+      # pylint: disable=protected-access
+      index = optimizer._index_dict[optimizer._var_key(variable)]
+      averages.append(optimizer._model_variables_moving_average[index])
+      # pylint: enable=protected-access
+    return averages
 
   def checkpoint_items(self) -> Dict[str, tf.Module]:
     items = {"optimizer": self.main, "backbone_optimizer": self.backbone}
