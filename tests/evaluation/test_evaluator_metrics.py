@@ -21,6 +21,7 @@ from deeplab_panoptic.evaluation import coco_pq
 from deeplab_panoptic.evaluation.panoptic_quality import PanopticQuality
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.training.evaluator import PanopticEvaluator
+from tests.evaluation import reference_metrics
 
 DIV, VOID = SHAPES.label_divisor, SHAPES.ignore_label * SHAPES.label_divisor
 NUM_SLOTS = 6
@@ -104,6 +105,10 @@ def test_evaluator_results_and_predictions(tmp_path):
     expected.update(gt[:h, :w], pred)
   assert results["PQ"] == pytest.approx(100 * expected.result()["All"]["pq"], abs=1e-12)
   assert 0 < results["PQ"] < 100 and 0 < results["mIoU"] <= 100 and results["AP"] >= 0
+  gt_sem = [gt[:p.shape[0], :p.shape[1]] // DIV for gt, p in zip(gts, preds)]
+  assert results["mIoU"] == pytest.approx(
+      _numpy_miou(gt_sem, [p // DIV for p in preds], SHAPES.num_classes,
+                  SHAPES.ignore_label)[0], abs=1e-9)
   assert logs["mIoU"] == results["mIoU"] and logs["AP"] == results["AP"]
 
   # The written predictions, scored by coco_pq against the GT in COCO format,
@@ -187,6 +192,43 @@ def test_semantic_only_evaluator_reports_miou_from_its_declaration(tmp_path):
     union = confusion[c].sum() + confusion[:, c].sum() - tp
     if union:
       assert results["per_class_IoU"][name] == pytest.approx(100.0 * tp / union)
+
+
+def test_panoptic_evaluator_miou_and_ap_match_numpy_and_cocoeval(tmp_path):
+  """The panoptic-model path end to end: results.json's mIoU against a numpy
+  confusion matrix and its AP against COCOeval on the same masks as COCO JSON,
+  on the hand-made scene (a class in neither, a class only predicted, crowd,
+  ground-truth and predicted void)."""
+  scores = np.linspace(0.9, 0.4, NUM_SLOTS)  # _PassThrough's slot scores
+  gt, pred, ap_images = reference_metrics.hand_scene(
+      SHAPES.is_thing, DIV, SHAPES.ignore_label, np.stack([scores, scores]))
+  size = np.full(2, reference_metrics.SCENE_SHAPE[0], np.int32)
+  features = {common.IMAGE: np.repeat(pred[..., None], 3, axis=-1).astype(np.float32),
+              common.GT_PANOPTIC_ORIGINAL: gt, common.RESIZED_HEIGHT: size,
+              common.RESIZED_WIDTH: size, common.ORIGINAL_HEIGHT: size,
+              common.ORIGINAL_WIDTH: size, common.IMAGE_NAME: np.array(["a.jpg", "b.jpg"])}
+  strategy = tf.distribute.get_strategy()
+  dataset = tf.data.Dataset.from_tensor_slices(features).batch(2)
+  evaluator = PanopticEvaluator(
+      strategy, lambda images, training: {"image": images}, _postprocessor,
+      strategy.experimental_distribute_dataset(dataset), SHAPES, str(tmp_path),
+      tf.Variable(1, dtype=tf.int64))
+  evaluator.evaluate(tf.constant(-1, tf.int32))
+  with open(tmp_path / "eval" / "results.json") as f:
+    results = json.load(f)
+  miou, iou, _ = reference_metrics.numpy_miou(gt // DIV, pred // DIV, SHAPES.num_classes,
+                                              SHAPES.ignore_label)
+  assert np.isnan(iou[4]) and iou[2] == 0  # ground in neither, triangle only predicted
+  assert results["mIoU"] == pytest.approx(100 * miou, abs=1e-9)
+  assert results["per_class_IoU"] == pytest.approx(
+      {name: 100 * iou[c] for c, name in enumerate(SHAPES.class_names)
+       if not np.isnan(iou[c])}, abs=1e-9)
+  things = [c for c, thing in enumerate(SHAPES.is_thing) if thing]
+  stats = reference_metrics.cocoeval_ap(ap_images, things, reference_metrics.SCENE_SHAPE,
+                                        str(tmp_path))
+  assert 0 < stats[0] < 1
+  assert [results["AP"], results["AP50"], results["AP75"]] == pytest.approx(
+      list(100 * stats[:3]), abs=1e-9)
 
 
 def test_evaluator_rejects_coco_writing_without_panoptic_results(tmp_path):
