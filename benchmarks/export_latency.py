@@ -117,6 +117,9 @@ def main() -> None:
             encoded_images=tf.constant([jpeg])),
         "serve_tf_example": lambda: signatures["serve_tf_example"](
             serialized_examples=tf.constant([example.SerializeToString()])),
+        "serve_padded_batch (uint8)": lambda: signatures["serve_padded_batch"](
+            images=tf.constant(image[None]),
+            image_sizes=tf.constant([image.shape[:2]], tf.int32)),
     }
     calls = {name: fn for name, fn in calls.items() if name.split(" ")[0] in wanted}
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "

@@ -21,7 +21,9 @@ A semantic-only model (its export declares no panoptic result) writes
 (``images`` and ``categories``), and the overlays tint each class.
 
 The dataset description (category ids, names, colours) is read from the
-SavedModel itself (``export_info``), so no gin file is needed.
+SavedModel itself (``export_info``), so no gin file is needed. The model is
+loaded with ``deeplab_panoptic.load`` (``inference.py``), and ``--batch_size``
+images of any sizes go to the model in one call.
 
 Unreadable images are skipped: each gets one line ``predict: error: cannot read
 image <path>: <reason>`` on stderr, the others are predicted, and the command
@@ -44,6 +46,7 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from deeplab_panoptic import common  # pylint: disable=g-import-not-at-top
+from deeplab_panoptic import inference
 from deeplab_panoptic.data import inspect as inspect_lib
 from deeplab_panoptic.data import coco_panoptic
 
@@ -92,48 +95,6 @@ def read_image(path: str) -> np.ndarray:
     raise ValueError(f"cannot read image {path}: {e}") from e
 
 
-class Predictor:
-  """A loaded SavedModel and its dataset description.
-
-  Args:
-    saved_model_dir: a folder written by ``main.py --mode=export``.
-
-  Raises:
-    PredictError: if the folder holds no SavedModel of this library.
-  """
-
-  def __init__(self, saved_model_dir: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from deeplab_panoptic.export import saved_model  # pylint: disable=g-import-not-at-top
-    self._tf = tf
-    if not tf.saved_model.contains_saved_model(saved_model_dir):
-      raise PredictError(f"no SavedModel in {saved_model_dir} (--saved_model).")
-    try:
-      loaded = tf.saved_model.load(saved_model_dir)
-      self.export_info = saved_model.read_export_info(loaded)
-      self.info = saved_model.dataset_info_from_export(self.export_info)
-    except (ValueError, KeyError, OSError, tf.errors.OpError) as e:
-      raise PredictError(f"cannot use the SavedModel {saved_model_dir}: {e}") from e
-    # Exports older than the result declaration were all panoptic.
-    self.results = frozenset(self.export_info.get(
-        "results", (common.PANOPTIC, common.SEMANTIC, common.INSTANCE)))
-    self._loaded = loaded  # Keeps the variables alive.
-    self._serve = loaded.signatures[saved_model.SERVING_DEFAULT]
-
-  def __call__(self, image: np.ndarray) -> Dict[str, np.ndarray]:
-    """Predicts one image.
-
-    Args:
-      image: uint8 ``[H, W, 3]``.
-
-    Returns:
-      ``panoptic`` int32 ``[H, W]`` and the per-slot ``segment_ids``,
-      ``segment_scores`` float32 ``[N]`` (see ``export.saved_model``).
-    """
-    out = self._serve(images=self._tf.constant(image[np.newaxis]))
-    return {key: value.numpy()[0] for key, value in out.items()}
-
-
 def segment_scores(panoptic: np.ndarray, prediction: Dict[str, np.ndarray],
                    label_divisor: int, ignore_label: int) -> List[float]:
   """The score of each non-void segment, in ascending panoptic label order.
@@ -150,15 +111,18 @@ def segment_scores(panoptic: np.ndarray, prediction: Dict[str, np.ndarray],
 
 
 def predict(saved_model_dir: str, image_pattern: str, output_dir: str,
-            overlays: bool = True, progress: bool = True) -> Dict[str, Any]:
+            overlays: bool = True, progress: bool = True, batch_size: int = 8
+            ) -> Dict[str, Any]:
   """Predicts every image and writes COCO panoptic files and overlays.
 
   Args:
-    saved_model_dir: the exported SavedModel.
+    saved_model_dir: the exported SavedModel (or a training run's model
+      directory: anything ``deeplab_panoptic.load`` takes).
     image_pattern: comma-separated globs of image files.
     output_dir: the output folder (created).
     overlays: also write overlay pictures.
     progress: show a progress bar on stderr.
+    batch_size: images per model call (sizes may differ within a call).
 
   Returns:
     ``{"json": path, "predicted": [files], "skipped": {file: reason}}``.
@@ -168,7 +132,10 @@ def predict(saved_model_dir: str, image_pattern: str, output_dir: str,
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   files = find_images(image_pattern)
-  predictor = Predictor(saved_model_dir)
+  try:
+    predictor = inference.load(saved_model_dir)
+  except inference.LoadError as e:
+    raise PredictError(f"{e} (--saved_model)") from e
   info = predictor.info
   writer = None
   if common.PANOPTIC in predictor.results:
@@ -181,31 +148,42 @@ def predict(saved_model_dir: str, image_pattern: str, output_dir: str,
   if overlays:
     os.makedirs(os.path.join(output_dir, OVERLAY_DIR), exist_ok=True)
   images, predicted, skipped = [], [], {}
-  bar = tqdm(files, desc="predict", unit="image", disable=not progress, file=sys.stderr)
-  for path in bar:
-    try:
-      image = read_image(path)
-    except ValueError as e:
-      skipped[path] = str(e)
-      bar.write(f"predict: error: {e}; skipped.", file=sys.stderr)
-      continue
-    prediction = predictor(image)
-    name = os.path.basename(path)
-    if writer is not None:
-      shown, file_name, image_id = _write_panoptic(writer, name, prediction, info)
-    else:
-      shown, file_name, image_id = _write_semantic(output_dir, name, prediction, info)
-    if overlays:
-      coco_panoptic.write_png(os.path.join(output_dir, OVERLAY_DIR, file_name),
-                              inspect_lib.panoptic_overlay(image, shown, info))
-    images.append({"id": image_id, "file_name": name,
-                   "height": int(image.shape[0]), "width": int(image.shape[1])})
-    predicted.append(path)
+  bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress,
+             file=sys.stderr)
+  for start in range(0, len(files), batch_size):
+    batch = []
+    for path in files[start:start + batch_size]:
+      try:
+        batch.append((path, read_image(path)))
+      except ValueError as e:
+        skipped[path] = str(e)
+        bar.write(f"predict: error: {e}; skipped.", file=sys.stderr)
+    predictions = predictor.predict([image for _, image in batch]) if batch else []
+    for (path, image), prediction in zip(batch, predictions):
+      images.append(_write_one(output_dir, path, image, prediction, writer, info, overlays))
+      predicted.append(path)
+    bar.update(len(files[start:start + batch_size]))
+  bar.close()
   json_path = os.path.join(output_dir, PANOPTIC_JSON if writer else SEMANTIC_JSON)
   coco_panoptic.write_json(json_path, {
       "images": images, "categories": info.coco_categories(),
       **({"annotations": writer.annotations} if writer is not None else {})})
   return {"json": json_path, "predicted": predicted, "skipped": skipped}
+
+
+def _write_one(output_dir: str, path: str, image: np.ndarray,
+               prediction: Dict[str, np.ndarray], writer, info, overlays: bool) -> dict:
+  """Writes one image's prediction files; returns its COCO ``images`` entry."""
+  name = os.path.basename(path)
+  if writer is not None:
+    shown, file_name, image_id = _write_panoptic(writer, name, prediction, info)
+  else:
+    shown, file_name, image_id = _write_semantic(output_dir, name, prediction, info)
+  if overlays:
+    coco_panoptic.write_png(os.path.join(output_dir, OVERLAY_DIR, file_name),
+                            inspect_lib.panoptic_overlay(image, shown, info))
+  return {"id": image_id, "file_name": name,
+          "height": int(image.shape[0]), "width": int(image.shape[1])}
 
 
 def _write_panoptic(writer, name: str, prediction: Dict[str, np.ndarray], info):
@@ -244,11 +222,14 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("saved_model", None, "SavedModel folder (main.py --mode=export).")
+  flags.DEFINE_string("saved_model", None, "SavedModel folder (main.py --mode=export), or "
+                      "a training run's --model_dir (its latest checkpoint).")
   flags.DEFINE_string("images", None, "Glob(s) of image files, comma-separated.")
   flags.DEFINE_string("output_dir", None, "Output folder.")
   flags.DEFINE_boolean("overlays", True, "Write overlay pictures.")
   flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+  flags.DEFINE_integer("batch_size", 8, "Images per model call (sizes may differ).",
+                       lower_bound=1)
 
 
 def main(argv: Sequence[str]) -> Optional[int]:
@@ -256,7 +237,7 @@ def main(argv: Sequence[str]) -> Optional[int]:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
     result = predict(FLAGS.saved_model, FLAGS.images, FLAGS.output_dir, FLAGS.overlays,
-                     FLAGS.progress)
+                     FLAGS.progress, FLAGS.batch_size)
   except PredictError as e:
     print(f"predict: error: {e}", file=sys.stderr)
     return 1

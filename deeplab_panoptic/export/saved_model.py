@@ -9,6 +9,10 @@ Signatures (every one returns the same outputs, see :class:`PanopticExportModule
 * ``serve_tf_example``: ``serialized_examples`` string ``[batch]``, serialized
   ``tf.train.Example`` in this library's TFRecord schema (``data/tfrecord.py``);
   only the image is used, a stored label is checked and ignored. Sizes may differ.
+* ``serve_padded_batch``: ``images`` uint8 ``[batch, height, width, 3]`` holding
+  images of mixed sizes, each at the top-left of its slot (the rest is ignored),
+  and ``image_sizes`` int32 ``[batch, 2]``, each image's (height, width). What
+  ``deeplab_panoptic.load(...).predict`` sends.
 
 When the images of a request differ in size, the maps are returned padded
 bottom/right with void to the largest height and width of the request, and
@@ -44,11 +48,13 @@ SEGMENT_IDS = "segment_ids"
 SERVING_DEFAULT = "serving_default"
 SERVE_ENCODED_IMAGES = "serve_encoded_images"
 SERVE_TF_EXAMPLE = "serve_tf_example"
-# Signature name -> its single input's name.
+SERVE_PADDED_BATCH = "serve_padded_batch"
+# Signature name -> its input name (or names).
 SIGNATURE_INPUTS = {
     SERVING_DEFAULT: "images",
     SERVE_ENCODED_IMAGES: "encoded_images",
     SERVE_TF_EXAMPLE: "serialized_examples",
+    SERVE_PADDED_BATCH: ("images", "image_sizes"),
 }
 EXPORT_INFO_FILE = os.path.join("assets.extra", "export_info.json")
 
@@ -181,7 +187,8 @@ class PanopticExportModule(tf.Module):
   def signatures(self) -> Dict[str, Any]:
     """Signature name -> concrete function, as ``tf.saved_model.save`` takes them."""
     return {SERVING_DEFAULT: self.serve, SERVE_ENCODED_IMAGES: self.serve_encoded_images,
-            SERVE_TF_EXAMPLE: self.serve_tf_example}
+            SERVE_TF_EXAMPLE: self.serve_tf_example,
+            SERVE_PADDED_BATCH: self.serve_padded_batch}
 
   # ------------------------------------------------------------------ signatures
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
@@ -207,18 +214,47 @@ class PanopticExportModule(tf.Module):
       return tfrecord.decode_record(data, source="the serving request")[common.IMAGE]
     return self._predict_each(serialized_examples, decode)
 
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+      tf.TensorSpec([None, 2], tf.int32, name="image_sizes")])
+  def serve_padded_batch(self, images: tf.Tensor, image_sizes: tf.Tensor
+                         ) -> Dict[str, tf.Tensor]:
+    """Images of mixed sizes in one dense batch -> the outputs of the class docstring.
+
+    Args:
+      images: uint8 ``[B, H, W, 3]``; image ``b`` is ``images[b, :h_b, :w_b]``.
+      image_sizes: int32 ``[B, 2]``, ``(h_b, w_b)``, each in ``[1, (H, W)]``.
+    """
+    # A size outside its slot would silently crop or pad the image: refuse it.
+    checks = [tf.debugging.assert_positive(image_sizes, message="image_sizes must be >= 1"),
+              tf.debugging.assert_less_equal(
+                  image_sizes, tf.shape(images)[tf.newaxis, 1:3],
+                  message="image_sizes exceed the padded images' height / width")]
+    with tf.control_dependencies(checks):
+      images = tf.identity(images)
+
+    def crop(element: Tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+      image, size = element
+      return image[:size[0], :size[1]]
+    return self._predict_each((images, image_sizes), crop)
+
   @tf.function(input_signature=[])
   def export_info(self) -> tf.Tensor:
     """The export description (dataset, input size, resize, signatures) as JSON."""
     return tf.constant(self._export_info_json)
 
   # ------------------------------------------------------------------ internals
-  def _predict_each(self, data: tf.Tensor, decode: Callable[[tf.Tensor], tf.Tensor]
+  def _predict_each(self, data: Any, decode: Callable[[Any], tf.Tensor]
                     ) -> Dict[str, tf.Tensor]:
-    """Decodes and preprocesses each element on its own (sizes may differ)."""
+    """Decodes and preprocesses each element on its own (sizes may differ).
+
+    Args:
+      data: a tensor (or a tuple of tensors) with the images on axis 0.
+      decode: one element of ``data`` -> uint8 ``[height, width, 3]``.
+    """
     height, width = self.input_size
 
-    def one(element: tf.Tensor):
+    def one(element: Any):
       image = decode(element)
       inputs, (rh, rw) = fit_and_pad(image[tf.newaxis], self.input_size, *self._resize)
       return inputs[0], tf.stack([rh, rw]), tf.shape(image)[:2]

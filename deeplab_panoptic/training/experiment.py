@@ -20,9 +20,11 @@ from deeplab_panoptic.modeling import base as modeling_base
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess.panoptic import PixelwisePanopticPostprocessor
+from deeplab_panoptic.training import ema as ema_lib
 from deeplab_panoptic.training import evaluator as evaluator_lib
 from deeplab_panoptic.training import init_checkpoint as init_checkpoint_lib
 from deeplab_panoptic.training import model_summary
+from deeplab_panoptic.training import optimizers
 from deeplab_panoptic.training import strategies
 from deeplab_panoptic.training import trainer as trainer_lib
 from deeplab_panoptic.training.optimizers import DynamicLossScale
@@ -234,10 +236,27 @@ class Experiment:
         checkpoint, self.model_dir, max_to_keep=self.config.max_checkpoints,
         step_counter=global_step, checkpoint_interval=self.config.checkpoint_interval)
 
-  def _evaluator(self, global_step: tf.Variable) -> evaluator_lib.PanopticEvaluator:
+  def _evaluator(self, global_step: tf.Variable,
+                 ema: Optional[ema_lib.EmaWeights]) -> evaluator_lib.PanopticEvaluator:
     return evaluator_lib.PanopticEvaluator(
         self.strategy, self.model, self.postprocessor, self._dataset(False), self.info,
-        self.model_dir, global_step)
+        self.model_dir, global_step, ema=ema)
+
+  def _training_ema(self, optimizer: OptimizerGroup) -> Optional[ema_lib.EmaWeights]:
+    """The optimizers' averages of the trainable weights; None without EMA."""
+    variables = self.model.trainable_variables
+    averages = optimizer.moving_averages(variables)
+    if averages is None:
+      return None
+    with self.strategy.scope():
+      return ema_lib.EmaWeights(variables, averages)
+
+  def _ema_to_restore(self) -> Optional[ema_lib.EmaWeights]:
+    """Empty averages for the checkpoint's ``ema`` entry when EMA is on (no optimizer built)."""
+    if not optimizers.ema_enabled():
+      return None
+    with self.strategy.scope():
+      return ema_lib.EmaWeights.for_restore(self.model.trainable_variables)
 
   def write_operative_config(self) -> None:
     files.write_text_atomic(os.path.join(self.model_dir, "operative_config.gin"),
@@ -264,8 +283,11 @@ class Experiment:
         self.strategy, self.model, self._loss(), optimizer, train_ds,
         cfg.train_batch_size, cfg.train_steps, jit_compile=cfg.jit_compile,
         preemption=preemption)
-    evaluator = self._evaluator(global_step) if self.mode == "train_and_eval" else None
+    ema = self._training_ema(optimizer)
+    evaluator = self._evaluator(global_step, ema) if self.mode == "train_and_eval" else None
     extra = {"train_data": trainer.data_iterator()} if cfg.checkpoint_data_iterator else {}
+    if ema is not None:
+      extra[ema_lib.CHECKPOINT_KEY] = ema
     generators = self._layer_random_generators()
     if generators:
       extra["layer_random_generators"] = generators
@@ -282,6 +304,9 @@ class Experiment:
         checkpoint_manager=manager, summary_interval=cfg.steps_per_loop,
         summary_dir=os.path.join(self.model_dir, "train"),
         eval_summary_dir=os.path.join(self.model_dir, "eval"))
+    if ema is not None:
+      # After the restore or warm start: the averages begin at these weights.
+      ema.start_from_weights()
     self.write_operative_config()
     self._write_config_summary(global_step)
     try:
@@ -302,17 +327,16 @@ class Experiment:
 
   def _eval_or_export(self) -> Optional[dict]:
     cfg = self.config
-    global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    manager = self._checkpoint(None, global_step)
     if self.mode == "export":
-      self._restore(manager)
-      module = saved_model.PanopticExportModule(self.model, self.postprocessor,
-                                                dataset_info=self.info)
-      path = saved_model.export_saved_model(module, os.path.join(self.model_dir, "export"))
-      print(f"export | step {int(global_step.numpy())} | SavedModel written to {path}",
-            flush=True)
+      step = self.restore_latest()
+      path = saved_model.export_saved_model(self.export_module(),
+                                            os.path.join(self.model_dir, "export"))
+      print(f"export | step {step} | SavedModel written to {path}", flush=True)
       return {"export_dir": path}
-    evaluator = self._evaluator(global_step)
+    global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    ema = self._ema_to_restore()
+    manager = self._checkpoint(None, global_step, **_ema_items(ema))
+    evaluator = self._evaluator(global_step, ema)
     controller = orbit.Controller(
         strategy=self.strategy, evaluator=evaluator, global_step=global_step,
         checkpoint_manager=manager, eval_summary_dir=os.path.join(self.model_dir, "eval"))
@@ -348,6 +372,34 @@ class Experiment:
         generators.append(generator)
     return generators
 
+  def restore_latest(self) -> int:
+    """Reads the model weights of ``model_dir``'s latest checkpoint; returns its step.
+
+    With ``make_optimizer.use_ema`` the weights are the checkpoint's moving
+    averages (``training/ema.py``), the weights that export and serve.
+
+    Raises:
+      FileNotFoundError: when ``model_dir`` holds no checkpoint.
+    """
+    global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    ema = self._ema_to_restore()
+    self._restore(self._checkpoint(None, global_step, **_ema_items(ema)))
+    step = int(global_step.numpy())
+    if ema is not None:
+      ema.check_ready(f"--mode={self.mode} of {self.model_dir}")
+      ema.swap()  # For good: this model only serves.
+      msg = (f"{self.mode} | step {step} | the model holds the EMA of the weights "
+             "(make_optimizer.use_ema)")
+      print(msg, flush=True)
+      logging.info(msg)
+    return step
+
+  def export_module(self) -> saved_model.PanopticExportModule:
+    """The model as it is now, with its postprocessor, in a serving module (what
+    ``--mode=export`` saves and ``deeplab_panoptic.load`` calls)."""
+    return saved_model.PanopticExportModule(self.model, self.postprocessor,
+                                            dataset_info=self.info)
+
   def _restore(self, manager: tf.train.CheckpointManager) -> None:
     path = manager.latest_checkpoint
     if path is None:
@@ -356,3 +408,8 @@ class Experiment:
     # Only the model (and step) are needed: optimizer slots are left unread.
     manager.checkpoint.restore(path).expect_partial()
     logging.info("Restored %s", path)
+
+
+def _ema_items(ema: Optional[ema_lib.EmaWeights]) -> dict:
+  """The checkpoint item of the averages, when there are any."""
+  return {} if ema is None else {ema_lib.CHECKPOINT_KEY: ema}
