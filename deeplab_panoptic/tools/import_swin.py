@@ -198,10 +198,11 @@ def load_swin_state(encoder: SwinEncoder, state: Mapping[str, np.ndarray]) -> Di
 
 def read_safetensors(path: str, prefix: str) -> Dict[str, np.ndarray]:
   """The arrays of a safetensors file under ``prefix`` (see ``strip_prefix``)."""
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   try:
     arrays = load_file(path)
-  except (OSError, ValueError, RuntimeError) as e:
+  except (OSError, ValueError, SafetensorError) as e:
     raise ValueError(f"cannot read --safetensors={path}: {e}") from e
   return strip_prefix(arrays, prefix)
 
