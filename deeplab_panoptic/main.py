@@ -154,6 +154,8 @@ def _run_experiment(mode: str, gin_files: List[str], gin_params: List[str]) -> N
     print(f"params: {result['params']}")
     print(f"train_params: {result['train_params']}")
     print(f"gmacs: {result['gmacs']:.3f}")
+    # Op types whose multiply-adds are missing from gmacs ("none" when complete).
+    print(f"uncounted_ops: {result['uncounted_ops']}")
 
 
 def run_main(argv: List[str]) -> int:

@@ -181,8 +181,10 @@ class Experiment:
   # --------------------------------------------------------------------------
   def summary(self) -> dict:
     counts = model_summary.parameter_counts(self.model)
-    macs = model_summary.count_macs(self.model, tuple(self.config.eval_input_size))
-    counts["gmacs"] = macs / 1e9
+    # Ops the counter cannot count are listed, not silently taken as 0.
+    report = model_summary.mac_report(self.model, tuple(self.config.eval_input_size))
+    counts["gmacs"] = report.macs / 1e9
+    counts["uncounted_ops"] = report.uncounted_text()
     return counts
 
   def _prepare_data(self) -> None:

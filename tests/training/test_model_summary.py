@@ -1,5 +1,6 @@
 """Multiply-add counting against hand-computed counts."""
 
+import pytest
 import tensorflow as tf
 import tf_keras as keras
 
@@ -35,3 +36,40 @@ def test_count_macs_by_hand():
 def test_count_params_unique():
   v = tf.Variable(tf.zeros([3, 4]))
   assert model_summary.count_params([v, v]) == 12
+
+
+class _WithUnknownOps(keras.Model):
+  """A counted conv, then ops the counter does not know or cannot size."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv = keras.layers.Conv2D(4, 1, use_bias=False)
+    self.conv3d = keras.layers.Conv3D(2, 3, padding="same", use_bias=False)
+
+  def call(self, x, training=None):
+    y = self.conv(x)                                        # [b, 8, 8, 4]
+    z = self.conv3d(y[..., tf.newaxis])                      # Conv3D: not a known type
+    up = tf.nn.conv2d_transpose(y, tf.ones([2, 2, 3, 4]), [1, 16, 16, 3], 2)
+    picked = tf.boolean_mask(tf.reshape(y, [-1, 4]), tf.reshape(y[..., 0] > 0, [-1]))
+    w = tf.matmul(picked, tf.ones([4, 5]))                  # MatMul of unknown rows
+    return z, up, w
+
+
+def test_unknown_ops_are_listed_never_counted_as_zero():
+  model = _WithUnknownOps()
+  model(tf.zeros([1, 8, 8, 3]))
+  report = model_summary.mac_report(model, (8, 8))
+  assert report.macs == 8 * 8 * 4 * 3                       # the 1x1 conv only
+  assert report.uncounted == {"Conv3D": 1, "Conv2DBackpropInput": 1, "MatMul": 1}
+  assert report.uncounted_text() == "Conv2DBackpropInput x1, Conv3D x1, MatMul x1"
+  with pytest.raises(model_summary.UncountedOpsError,
+                     match=r"Conv2DBackpropInput x1, Conv3D x1, MatMul x1"):
+    model_summary.count_macs(model, (8, 8))
+
+
+def test_fully_counted_model_reports_no_uncounted_ops():
+  model = _Tiny()
+  model(tf.zeros([1, 16, 16, 3]))
+  report = model_summary.mac_report(model, (16, 16))
+  assert report.uncounted == {} and report.uncounted_text() == "none"
+  assert report.macs == model_summary.count_macs(model, (16, 16))
