@@ -142,8 +142,14 @@ class InstanceAP:
       raise ValueError("InstanceAP.merge: the accumulators are configured differently.")
     return self.merge_state(other.state())
 
-  def result(self) -> Dict[str, float]:
+  def result(self, per_class: bool = False) -> Dict[str, Any]:
     """COCO mask AP of the thing classes.
+
+    Args:
+      per_class: also give ``"per_class"``: thing train id -> its AP@[.5:.95]
+        (the mean of COCOeval's precision over IoU thresholds and recall points,
+        all areas, 100 detections, as detectron2's per-category table), -1 for a
+        class without ground truth.
 
     Returns:
       ``{"ap", "ap50", "ap75"}`` as fractions; -1 where COCO leaves them
@@ -161,10 +167,13 @@ class InstanceAP:
         dt_anns.append({"image_id": image_id, "category_id": cls, "segmentation": rle,
                         "score": score})
     has_gt = any(not a["iscrowd"] for a in gt_anns)
-    if not has_gt:
-      return {"ap": -1.0, "ap50": -1.0, "ap75": -1.0}
-    if not dt_anns:
-      return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
+    if not has_gt or not dt_anns:
+      value = 0.0 if has_gt else -1.0
+      result = {"ap": value, "ap50": value, "ap75": value}
+      if per_class:
+        with_gt = {a["category_id"] for a in gt_anns if not a["iscrowd"]}
+        result["per_class"] = {c: (0.0 if c in with_gt else -1.0) for c in thing_ids}
+      return result
     # pycocotools prints progress; keep the evaluation log clean.
     with contextlib.redirect_stdout(io.StringIO()):
       coco_gt = COCO()
@@ -177,4 +186,21 @@ class InstanceAP:
       evaluator.accumulate()
       evaluator.summarize()
     stats = evaluator.stats
-    return {"ap": float(stats[0]), "ap50": float(stats[1]), "ap75": float(stats[2])}
+    result = {"ap": float(stats[0]), "ap50": float(stats[1]), "ap75": float(stats[2])}
+    if per_class:
+      result["per_class"] = _per_class_ap(evaluator.eval["precision"], thing_ids)
+    return result
+
+
+def _per_class_ap(precision: np.ndarray, class_ids: Sequence[int]) -> Dict[int, float]:
+  """AP@[.5:.95] per class from COCOeval's ``precision`` ``[T, R, K, A, M]``.
+
+  ``K`` follows ``class_ids`` (COCOeval's ``catIds``); area "all" (A = 0) and the
+  largest detection budget (M = -1). -1 marks undefined entries (no ground truth).
+  """
+  result = {}
+  for k, class_id in enumerate(class_ids):
+    values = precision[:, :, k, 0, -1]
+    values = values[values > -1]
+    result[int(class_id)] = float(values.mean()) if values.size else -1.0
+  return result

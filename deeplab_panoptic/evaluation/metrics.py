@@ -227,7 +227,7 @@ class SegmentationMetrics:
     if self.miou is not None:
       result["mIoU"] = self.miou.result()["miou"]
     if INSTANCE in self.results:
-      result["AP"] = self.ap.result() if self.ap is not None else None
+      result["AP"] = self.ap.result(per_class=True) if self.ap is not None else None
     return result
 
 

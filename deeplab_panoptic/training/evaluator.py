@@ -23,12 +23,14 @@ import numpy as np
 import orbit
 import tensorflow as tf
 import tf_keras as keras
+import tqdm
 from absl import logging
 
 from deeplab_panoptic import common
 from deeplab_panoptic.data import inspect as inspect_lib
 from deeplab_panoptic.data.dataset_info import DatasetInfo
 from deeplab_panoptic.data.coco_panoptic import CocoPanopticWriter
+from deeplab_panoptic.evaluation import tables
 from deeplab_panoptic.evaluation.metrics import SegmentationMetrics
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess import resolution
@@ -70,15 +72,26 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     ema: the moving averages of the weights (``training/ema.py``), swapped into
       the model for each evaluation and swapped back after it; None: the raw
       weights.
+    num_images: the evaluation split's size, the progress bar's total (its ETA);
+      None: a bar that counts without a total.
+    progress_bar: show a progress bar (tqdm, on stderr) while evaluating.
+    print_per_class: print the per-class table (``evaluation/tables.py``) after
+      each evaluation.
   """
 
   def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                postprocessor: Callable, eval_dataset, dataset_info: DatasetInfo,
                model_dir: str, global_step: tf.Variable, write_predictions: bool = False,
                compute_ap: Optional[bool] = None, num_summary_images: int = 3,
-               keep_predictions: bool = False, ema: Optional[ema_lib.EmaWeights] = None):
+               keep_predictions: bool = False, ema: Optional[ema_lib.EmaWeights] = None,
+               num_images: Optional[int] = None, progress_bar: bool = True,
+               print_per_class: bool = True):
     self.strategy = strategy
     self.ema = ema
+    self.num_images = num_images
+    self.progress_bar = bool(progress_bar)
+    self.print_per_class = bool(print_per_class)
+    self._progress: Optional[tqdm.tqdm] = None
     self.model = model
     self.postprocessor = postprocessor
     self.results = postprocess_base.check_results(type(postprocessor).__name__,
@@ -126,6 +139,9 @@ class PanopticEvaluator(orbit.StandardEvaluator):
           self.predictions_dir, info.dataset_id_from_train_id(), info.label_divisor,
           info.ignore_label, categories=info.coco_categories())
     self._summary_pictures = []
+    self._progress = tqdm.tqdm(
+        total=self.num_images, desc=f"eval step {int(self.global_step.numpy())}",
+        unit="image", disable=not self.progress_bar, dynamic_ncols=True)
     return SegmentationMetrics(self.results, info.num_classes, info.is_thing,
                                info.label_divisor, info.ignore_label,
                                compute_ap=self.compute_ap)
@@ -170,6 +186,8 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       arrays = {k: np.asarray(v[replica]) for k, v in local.items()}
       # Padding examples that complete the last batch have original size 0.
       keep = np.flatnonzero(arrays["original_height"] > 0)
+      if self._progress is not None:
+        self._progress.update(keep.size)
       if keep.size == 0:
         continue
       original = np.stack([arrays["original_height"][keep],
@@ -289,9 +307,14 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       summary["per_class_IoU"] = {names[c]: 100.0 * float(v)
                                   for c, v in enumerate(metrics["per_class_IoU"])
                                   if not np.isnan(v)}
+    if metrics.get("AP") is not None and "per_class" in metrics["AP"]:
+      summary["per_class_AP"] = tables.percent_by_name(metrics["AP"]["per_class"], names)
     return summary
 
   def eval_end(self, state: SegmentationMetrics):
+    if self._progress is not None:
+      self._progress.close()
+      self._progress = None
     metrics = state.result()
     if state.miou is not None:
       metrics["per_class_IoU"] = state.miou.per_class_iou()
@@ -307,6 +330,9 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     shown = [k for k in ("PQ", "SQ", "RQ", "PQ_thing", "PQ_stuff", "mIoU", "AP")
              if k in summary]
     msg = f"eval  | step {step:>6d} | " + " | ".join(f"{k} {summary[k]:.2f}" for k in shown)
+    table = tables.per_class_table(summary, self.info.class_names, self.info.is_thing)
+    if self.print_per_class and table:
+      msg += "\n" + table
     print(msg, flush=True)
     logging.info(msg)
     logs = {k: v for k, v in summary.items() if isinstance(v, float)}
@@ -314,4 +340,6 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       logs[f"per_class_PQ/{name}"] = r["PQ"]
     for name, iou in summary.get("per_class_IoU", {}).items():
       logs[f"per_class_IoU/{name}"] = iou
+    for name, ap in summary.get("per_class_AP", {}).items():
+      logs[f"per_class_AP/{name}"] = ap
     return logs
