@@ -6,16 +6,21 @@ predicted segments) in COCO panoptic format, then times, each as a whole
 process (interpreter start-up, imports, JSON and PNG decoding included):
 
 * ``python -m deeplab_panoptic.evaluation.coco_pq`` (process pool over images);
+* with ``--panopticapi_path=DIR`` (a checkout of
+  https://github.com/cocodataset/panopticapi, never vendored here): the real
+  ``panopticapi.evaluation.pq_compute`` with its default of one worker process
+  per core (``multiprocessing.cpu_count()``), the same number of cores coco_pq
+  uses;
 * ``python benchmarks/pq_eval.py --official ...``: an independent
   re-implementation of panopticapi's ``pq_compute`` algorithm, single process
   (``pq_compute_single_core`` on all images, then ``pq_average``), written for
   this benchmark from the published algorithm, per image: PIL PNG read, rgb2id,
   np.unique of the predicted ids, np.unique of ``gt * 256**3 + pred``, and the
-  per-segment Python loops of the official code. panopticapi itself is not
-  installable here.
+  per-segment Python loops of the official code.
 
-Both write their result JSON; the benchmark asserts the two are identical
-(exact float equality).
+Each writes its result JSON; the benchmark asserts coco_pq's equals the
+re-implementation's exactly (float equality) and the real panopticapi's to
+1e-12 (its workers add up their IoU sums in another order).
 
 Part 2 (inside evaluation). The host-side cost of accumulating one image into
 the evaluator's accumulators (PQ alone; PQ + mIoU; PQ + mIoU + AP masks) on
@@ -27,6 +32,7 @@ Usage::
 
     python benchmarks/pq_eval.py                    # 500 images, full run
     python benchmarks/pq_eval.py --num_images=40    # quick run
+    python benchmarks/pq_eval.py --files_only --panopticapi_path=/path/to/panopticapi
 """
 
 import argparse
@@ -188,6 +194,25 @@ def official_pq_compute(gt_json_file, pred_json_file, gt_folder, pred_folder):
     if name == "All":
       results["per_class"] = per_class
   return results
+
+
+def real_pq_compute(panopticapi_path, gt_json_file, pred_json_file):
+  """The real panopticapi ``pq_compute`` (one process per core), from a checkout."""
+  sys.path.insert(0, os.path.abspath(panopticapi_path))
+  from panopticapi.evaluation import pq_compute  # pylint: disable=g-import-not-at-top
+  return pq_compute(gt_json_file, pred_json_file, gt_json_file[:-5], pred_json_file[:-5])
+
+
+def _assert_close(ours, theirs, path="result"):
+  """Same keys, equal integers, floats equal to 1e-12."""
+  if isinstance(ours, dict):
+    assert set(ours) == set(theirs), f"{path}: keys differ"
+    for key in ours:
+      _assert_close(ours[key], theirs[key], f"{path}[{key!r}]")
+  elif isinstance(ours, float) or isinstance(theirs, float):
+    assert abs(ours - theirs) <= 1e-12, f"{path}: {ours} != {theirs}"
+  else:
+    assert ours == theirs, f"{path}: {ours} != {theirs}"
 
 
 def _json_default(value):
@@ -418,15 +443,58 @@ def _timed(cmd):
   return elapsed, proc.stdout
 
 
+def files_benchmark(workdir, panopticapi_path=None):
+  """Part 1: times coco_pq, the real panopticapi (if a checkout is given) and the
+  one-process re-implementation on the files in ``workdir``; prints the table."""
+  gt_json, pred_json = os.path.join(workdir, "gt.json"), os.path.join(workdir, "pred.json")
+  files = {"--gt_json": gt_json, "--pred_json": pred_json}
+  runs = [("ours", f"coco_pq (whole process, {os.cpu_count()} cores)",
+           ["-m", "deeplab_panoptic.evaluation.coco_pq"])]
+  if panopticapi_path:
+    runs.append(("real", f"panopticapi pq_compute ({os.cpu_count()} processes)",
+                 [os.path.abspath(__file__), "--real",
+                  f"--panopticapi_path={panopticapi_path}"]))
+  runs.append(("official", "official algorithm re-implemented, one process",
+               [os.path.abspath(__file__), "--official"]))
+  load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+  timings, results, table = {}, {}, ""
+  for key, _, cmd in runs:
+    output = os.path.join(workdir, f"{key}_result.json")
+    elapsed, stdout = _timed([sys.executable, *cmd, *(f"{k}={v}" for k, v in files.items()),
+                              f"--output_json={output}"])
+    timings[key] = (elapsed, _timed.cpu)
+    table = stdout if key == "ours" else table
+    with open(output) as f:
+      results[key] = json.load(f)
+  assert results["ours"] == results["official"], "coco_pq and the official algorithm disagree"
+  if "real" in results:
+    _assert_close(results["ours"], results["real"])
+  print(table)
+  print(f"load average before timing: {load}")
+  for key, name, _ in runs:
+    print(f"| {name} | {timings[key][0]:.2f} s | CPU {timings[key][1]:.2f} s |")
+  for key, name, _ in runs[1:]:
+    print(f"| speed-up of coco_pq over {name} | {timings[key][0] / timings['ours'][0]:.2f}x "
+          f"| per CPU second {timings[key][1] / timings['ours'][1]:.2f}x |")
+  print(f"identical results: yes (PQ {100 * results['ours']['All']['pq']:.4f})", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--num_images", type=int, default=500)
   parser.add_argument("--height", type=int, default=480)
   parser.add_argument("--width", type=int, default=640)
-  parser.add_argument("--workdir", default=None, help="kept when given")
+  parser.add_argument("--workdir", default=None,
+                      help="kept when given; pairs already generated there are reused")
   parser.add_argument("--skip_model", action="store_true", help="skip part 2's forward pass")
+  parser.add_argument("--files_only", action="store_true", help="run part 1 only")
   parser.add_argument("--official", action="store_true",
                       help="internal: run the official algorithm on the files below")
+  parser.add_argument("--panopticapi_path", default=None,
+                      help="a checkout of cocodataset/panopticapi: also time its real "
+                      "pq_compute (one process per core)")
+  parser.add_argument("--real", action="store_true",
+                      help="internal: run the real panopticapi on the files below")
   parser.add_argument("--forward", default=None, help="internal: time the forward at H,W")
   parser.add_argument("--model_gin_file", default=GIN_FILE,
                       help="gin file of the model whose forward time is the reference")
@@ -438,9 +506,11 @@ def main():
   parser.add_argument("--output_json")
   args = parser.parse_args()
 
-  if args.official:
-    result = official_pq_compute(args.gt_json, args.pred_json, args.gt_json[:-5],
-                                 args.pred_json[:-5])
+  if args.official or args.real:
+    result = (real_pq_compute(args.panopticapi_path, args.gt_json, args.pred_json)
+              if args.real else
+              official_pq_compute(args.gt_json, args.pred_json, args.gt_json[:-5],
+                                  args.pred_json[:-5]))
     with open(args.output_json, "w") as f:
       json.dump(result, f, default=_json_default)
     return
@@ -451,38 +521,18 @@ def main():
     return
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="pq_eval_")
-  start = time.perf_counter()
-  counts = generate(workdir, args.num_images, args.height, args.width)
-  print(f"generated {args.num_images} pairs {args.width}x{args.height} in "
-        f"{time.perf_counter() - start:.1f} s; GT segments per image: min {min(counts)}, "
-        f"mean {np.mean(counts):.1f}, max {max(counts)}", flush=True)
-  gt_json, pred_json = os.path.join(workdir, "gt.json"), os.path.join(workdir, "pred.json")
-  ours_json, official_json = (os.path.join(workdir, "ours_result.json"),
-                              os.path.join(workdir, "official_result.json"))
-  load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-  t_ours, table = _timed([sys.executable, "-m", "deeplab_panoptic.evaluation.coco_pq",
-                          f"--gt_json={gt_json}", f"--pred_json={pred_json}",
-                          f"--output_json={ours_json}"])
-  cpu_ours = _timed.cpu
-  t_official, _ = _timed([sys.executable, os.path.abspath(__file__), "--official",
-                          f"--gt_json={gt_json}", f"--pred_json={pred_json}",
-                          f"--output_json={official_json}"])
-  cpu_official = _timed.cpu
-  with open(ours_json) as f:
-    ours = json.load(f)
-  with open(official_json) as f:
-    official = json.load(f)
-  assert ours == official, "coco_pq and the official algorithm disagree"
-  print(table)
-  print(f"load average before timing: {load}")
-  print(f"| coco_pq (whole process, {os.cpu_count()} cores) | {t_ours:.2f} s | "
-        f"CPU {cpu_ours:.2f} s |")
-  print(f"| official algorithm, one process | {t_official:.2f} s | CPU {cpu_official:.2f} s |")
-  print(f"| speed-up | {t_official / t_ours:.2f}x | identical results: yes "
-        f"(PQ {100 * ours['All']['pq']:.4f}) |", flush=True)
+  if os.path.exists(os.path.join(workdir, "gt.json")):
+    print(f"reusing the pairs generated in {workdir}", flush=True)  # a re-timing
+  else:
+    start = time.perf_counter()
+    counts = generate(workdir, args.num_images, args.height, args.width)
+    print(f"generated {args.num_images} pairs {args.width}x{args.height} in "
+          f"{time.perf_counter() - start:.1f} s; GT segments per image: min {min(counts)}, "
+          f"mean {np.mean(counts):.1f}, max {max(counts)}", flush=True)
+  files_benchmark(workdir, args.panopticapi_path)
 
   rows = []
-  for h, w in ((128, 128), (args.height, args.width)):
+  for h, w in () if args.files_only else ((128, 128), (args.height, args.width)):
     acc = accumulation_time(h, w, num_images=20)
     fwd = None
     if not args.skip_model:
