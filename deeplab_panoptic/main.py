@@ -75,7 +75,9 @@ flags.DEFINE_enum("strategy", None, list(STRATEGIES),
                   "multi_worker reads TF_CONFIG. Default: the gin files' choice "
                   "(off: the default strategy).")
 flags.DEFINE_integer("num_gpus", None,
-                     "GPUs for --strategy=mirrored or one_device (build_strategy.num_gpus).",
+                     "GPUs for --strategy=mirrored or one_device (build_strategy.num_gpus); "
+                     "default: every visible GPU (the CPU when there is none); 0: the CPU. "
+                     "Each run prints the strategy, its replicas and devices.",
                      lower_bound=0)
 flags.DEFINE_string("tpu", None, "TPU name or address; selects TPUStrategy.")
 flags.DEFINE_boolean("list_recipes", False, "Print every recipe name and exit.")

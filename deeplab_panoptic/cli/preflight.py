@@ -3,7 +3,8 @@
 ``check_gin`` reads the gin files and bindings (``gin_statements``) and checks,
 against the package's source (``source_index``), that every binding names a
 known configurable and one of its parameters, that every ``@reference`` names a
-configurable and every ``%macro`` is defined, and that each value bound to a
+configurable, every ``%macro`` is defined and every macro set is read by some
+binding (``DATA_DIRR`` would be ignored), and that each value bound to a
 typed record field (``ExperimentConfig.train_steps: int``, ...) fits the field's
 annotation (``value_types``). ``check_model_dir`` and ``check_data`` check the
 model directory and that the dataset files the mode reads exist. Each failure
@@ -24,6 +25,7 @@ from deeplab_panoptic.cli import source_index
 from deeplab_panoptic.cli import value_types
 from deeplab_panoptic.cli.errors import UsageError
 from deeplab_panoptic.cli.gin_statements import Binding, Macro, Reference
+from deeplab_panoptic.utils import data_paths
 
 EXPERIMENT = "ExperimentConfig"
 # The dataset splits each mode reads (export and summary read none).
@@ -128,6 +130,15 @@ def _check_names(config: GinConfig) -> None:
     if name not in config.macros and not name.startswith(_GIN_BUILTINS):
       raise _bad(where, f"macro %{name} is used but never defined"
                  f"{_suggestion(name, list(config.macros))}")
+  _check_macros_read(config, {name for name, _ in used})
+
+
+def _check_macros_read(config: GinConfig, used: set) -> None:
+  """A macro that no binding reads would be silently ignored: refuse it."""
+  for name, binding in config.macros.items():
+    if name not in used:
+      raise _bad(binding.where, f"macro {name} is set but no binding reads it "
+                 f"(%{name}){_suggestion(name, sorted(used))}")
 
 
 def _check_types(config: GinConfig) -> None:
@@ -184,14 +195,19 @@ def check_data(config: GinConfig, mode: str) -> None:
   prepare = config.binding(EXPERIMENT, "prepare_data")
   if prepare is not None and config.resolve(prepare.value) is not None:
     return  # The recipe makes its data (the shapes quickstart).
+  data_dir = config.binding(EXPERIMENT, "data_dir")
+  data_dir = config.resolve(data_dir.value) if data_dir is not None else None
   for split in SPLITS_READ.get(mode, ()):
     binding = config.binding(EXPERIMENT, f"{split}_file_pattern")
     pattern = config.resolve(binding.value) if binding is not None else None
-    if not isinstance(pattern, str) or "://" in pattern:
-      continue  # Unset (the experiment says so) or cloud storage.
-    if not glob.glob(pattern):
+    if not isinstance(pattern, str):
+      continue  # Unset: the experiment says so.
+    pattern = data_paths.under_data_dir(pattern, data_dir if isinstance(data_dir, str) else None)
+    if "://" in pattern:
+      continue  # Cloud storage.
+    if not any(glob.glob(p) for p in pattern.split(",")):
       raise UsageError(
           f"no dataset files match {EXPERIMENT}.{split}_file_pattern={pattern!r} "
           f"({binding.where}; relative to {os.getcwd()}), which --mode={mode} reads; "
-          "convert the dataset first (docs/datasets.md) or bind the pattern with "
-          "--gin_param")
+          "convert the dataset first (docs/datasets.md), or set DATA_DIR or the "
+          "pattern with --gin_param")

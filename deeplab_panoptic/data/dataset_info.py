@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import gin
 
 from deeplab_panoptic.data import coco_categories
+from deeplab_panoptic.utils import data_paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +297,8 @@ def from_spec(name: str, categories: Sequence[dict], source: str) -> DatasetInfo
 @gin.configurable
 def dataset_info(name: str = gin.REQUIRED, categories_json: Optional[str] = None,
                  label_divisor: Optional[int] = None,
-                 ignore_label: Optional[int] = None) -> DatasetInfo:
+                 ignore_label: Optional[int] = None,
+                 data_dir: Optional[str] = None) -> DatasetInfo:
   """Returns the description of a dataset, selected from gin.
 
   Args:
@@ -313,10 +315,13 @@ def dataset_info(name: str = gin.REQUIRED, categories_json: Optional[str] = None
       slots than the dataset's divisor leaves instance ids for (Panoptic
       SegFormer's 400 queries on COCO, whose divisor is 256).
     ignore_label: ignore label of a custom dataset (default: the file's, else 255).
+    data_dir: the dataset folder (``%DATA_DIR``): a bare ``categories_json`` file
+      name is read there (``utils/data_paths.py``).
 
   Raises:
     ValueError: for an unknown name, or a file that does not match.
   """
+  categories_json = data_paths.under_data_dir(categories_json, data_dir)
   if name in _CATEGORIES_SPECS:
     if not categories_json:
       raise ValueError(f"Dataset {name!r} is described by its own categories file: "

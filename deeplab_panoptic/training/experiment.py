@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import tempfile
 from typing import Callable, List, Optional, Sequence
 
 import gin
@@ -29,6 +30,7 @@ from deeplab_panoptic.training import strategies
 from deeplab_panoptic.training import trainer as trainer_lib
 from deeplab_panoptic.training.optimizers import DynamicLossScale
 from deeplab_panoptic.training.optimizers import OptimizerGroup
+from deeplab_panoptic.utils import data_paths
 from deeplab_panoptic.utils import files
 
 _POLICIES = {None: "float32", "float32": "float32", "bfloat16": "mixed_bfloat16",
@@ -59,8 +61,11 @@ class ExperimentConfig:
   """What to run, from gin.
 
   Attributes:
-    train_file_pattern: TFRecords of the training split.
-    eval_file_pattern: TFRecords of the evaluation split.
+    train_file_pattern: TFRecords of the training split; a bare file name
+      (``'train-*.tfrecord'``) is read under ``data_dir``, a path as it is.
+    eval_file_pattern: TFRecords of the evaluation split (the same rule).
+    data_dir: the dataset folder, ``%DATA_DIR`` in the dataset gin files
+      (``utils/data_paths.py``).
     train_batch_size: global training batch size.
     eval_batch_size: global evaluation batch size.
     train_steps: total training steps.
@@ -105,6 +110,7 @@ class ExperimentConfig:
   """
   train_file_pattern: Optional[str] = None
   eval_file_pattern: Optional[str] = None
+  data_dir: Optional[str] = None
   train_batch_size: int = 16
   eval_batch_size: int = 16
   train_steps: int = 1000
@@ -150,6 +156,12 @@ class Experiment:
       tf.config.experimental.enable_op_determinism()
     self.info = dataset_info_lib.dataset_info()
     self.strategy = strategies.build_strategy()
+    # Only the chief writes into model_dir; another worker of a multi-worker run
+    # writes its (identical) checkpoints, summaries and results into a temporary
+    # folder removed at the end, as Model Garden does (official/core/train_lib.py).
+    self.is_chief = strategies.is_chief(self.strategy)
+    self.write_dir = model_dir if self.is_chief else tempfile.mkdtemp(
+        prefix=f"deeplab_panoptic_worker{strategies.task_id(self.strategy)}_")
     # Layers take the global policy when they are constructed (always set, so an
     # earlier Experiment in the same process leaves nothing behind). A float32
     # export / summary reads the same float32 variables.
@@ -191,9 +203,15 @@ class Experiment:
     if self.config.prepare_data is not None:
       self.config.prepare_data()
 
+  def file_pattern(self, training: bool) -> Optional[str]:
+    """The TFRecords of a split, bare file names under ``ExperimentConfig.data_dir``."""
+    cfg = self.config
+    return data_paths.under_data_dir(
+        cfg.train_file_pattern if training else cfg.eval_file_pattern, cfg.data_dir)
+
   def _dataset(self, training: bool):
     cfg = self.config
-    pattern = cfg.train_file_pattern if training else cfg.eval_file_pattern
+    pattern = self.file_pattern(training)
     if not pattern:
       raise ValueError(f"ExperimentConfig.{'train' if training else 'eval'}_file_pattern "
                        "is not set in the gin files.")
@@ -205,6 +223,11 @@ class Experiment:
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
       # One pipeline per host, sharded by input_context, batched per replica.
+      if not training and input_context.num_input_pipelines > 1:
+        # The evaluator's metrics live in each process: every host scores the
+        # whole split, so that the chief's results.json covers it.
+        input_context = tf.distribute.InputContext(
+            1, 0, input_context.num_replicas_in_sync)
       with gin.config_scope(scope):
         ds = reader.build_dataset(
             file_pattern=pattern, dataset_info=self.info, is_training=training,
@@ -229,20 +252,20 @@ class Experiment:
     return self.config.loss()
 
   def _checkpoint(self, optimizer: Optional[OptimizerGroup], global_step: tf.Variable,
-                  **extra_items):
+                  directory: Optional[str] = None, **extra_items):
     items = {"model": self.model, **extra_items}
     if optimizer is not None:
       items.update(optimizer.checkpoint_items())
     checkpoint = tf.train.Checkpoint(global_step=global_step, **items)
     return tf.train.CheckpointManager(
-        checkpoint, self.model_dir, max_to_keep=self.config.max_checkpoints,
+        checkpoint, directory or self.model_dir, max_to_keep=self.config.max_checkpoints,
         step_counter=global_step, checkpoint_interval=self.config.checkpoint_interval)
 
   def _evaluator(self, global_step: tf.Variable,
                  ema: Optional[ema_lib.EmaWeights]) -> evaluator_lib.PanopticEvaluator:
     return evaluator_lib.PanopticEvaluator(
         self.strategy, self.model, self.postprocessor, self._dataset(False), self.info,
-        self.model_dir, global_step, ema=ema)
+        self.write_dir, global_step, ema=ema)
 
   def _training_ema(self, optimizer: OptimizerGroup) -> Optional[ema_lib.EmaWeights]:
     """The optimizers' averages of the trainable weights; None without EMA."""
@@ -261,20 +284,29 @@ class Experiment:
       return ema_lib.EmaWeights.for_restore(self.model.trainable_variables)
 
   def write_operative_config(self) -> None:
-    files.write_text_atomic(os.path.join(self.model_dir, "operative_config.gin"),
+    files.write_text_atomic(os.path.join(self.write_dir, "operative_config.gin"),
                             gin.operative_config_str())
 
   # --------------------------------------------------------------------------
   def run(self) -> Optional[dict]:
-    cfg = self.config
     if self.mode == "summary":
       return self.summary()
     tf.io.gfile.makedirs(self.model_dir)
-    self._prepare_data()
-    if self.mode in ("train", "train_and_eval"):
-      with trainer_lib.PreemptionWatcher() as preemption:
-        return self._train(preemption)
-    return self._eval_or_export()
+    if self.mode != "export":
+      print(strategies.describe(self.strategy), flush=True)
+    if not self.is_chief:
+      print(f"worker {strategies.task_id(self.strategy)} (not the chief): writes to "
+            f"{self.write_dir}, removed at the end; the chief writes {self.model_dir}",
+            flush=True)
+    try:
+      self._prepare_data()
+      if self.mode in ("train", "train_and_eval"):
+        with trainer_lib.PreemptionWatcher() as preemption:
+          return self._train(preemption)
+      return self._eval_or_export()
+    finally:
+      if not self.is_chief:
+        tf.io.gfile.rmtree(self.write_dir)
 
   def _train(self, preemption: trainer_lib.PreemptionWatcher) -> Optional[dict]:
     cfg = self.config
@@ -293,8 +325,8 @@ class Experiment:
     generators = self._layer_random_generators()
     if generators:
       extra["layer_random_generators"] = generators
-    manager = self._checkpoint(optimizer, global_step, **extra)
-    if cfg.init_checkpoint and manager.latest_checkpoint is None:
+    manager = self._checkpoint(optimizer, global_step, self.write_dir, **extra)
+    if cfg.init_checkpoint and tf.train.latest_checkpoint(self.model_dir) is None:
       # A fresh run only: a resumed run continues from its own checkpoint.
       read = init_checkpoint_lib.initialize_from_checkpoint(
           self.model, cfg.init_checkpoint, cfg.init_checkpoint_parts,
@@ -304,8 +336,11 @@ class Experiment:
         strategy=self.strategy, trainer=trainer, evaluator=evaluator,
         global_step=global_step, steps_per_loop=cfg.steps_per_loop,
         checkpoint_manager=manager, summary_interval=cfg.steps_per_loop,
-        summary_dir=os.path.join(self.model_dir, "train"),
-        eval_summary_dir=os.path.join(self.model_dir, "eval"))
+        summary_dir=os.path.join(self.write_dir, "train"),
+        eval_summary_dir=os.path.join(self.write_dir, "eval"))
+    if not self.is_chief and tf.train.latest_checkpoint(self.model_dir):
+      # A resumed run: this worker's own folder is empty; it reads the chief's.
+      controller.restore_checkpoint(tf.train.latest_checkpoint(self.model_dir))
     if ema is not None:
       # After the restore or warm start: the averages begin at these weights.
       ema.start_from_weights()
@@ -332,7 +367,7 @@ class Experiment:
     if self.mode == "export":
       step = self.restore_latest()
       path = saved_model.export_saved_model(self.export_module(),
-                                            os.path.join(self.model_dir, "export"))
+                                            os.path.join(self.write_dir, "export"))
       print(f"export | step {step} | SavedModel written to {path}", flush=True)
       return {"export_dir": path}
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -341,7 +376,7 @@ class Experiment:
     evaluator = self._evaluator(global_step, ema)
     controller = orbit.Controller(
         strategy=self.strategy, evaluator=evaluator, global_step=global_step,
-        checkpoint_manager=manager, eval_summary_dir=os.path.join(self.model_dir, "eval"))
+        checkpoint_manager=manager, eval_summary_dir=os.path.join(self.write_dir, "eval"))
     if self.mode == "eval":
       self._restore(manager)
       controller.evaluate(steps=-1)
@@ -354,7 +389,7 @@ class Experiment:
     """The operative gin config as TensorBoard text (train/, tab "Text")."""
     # Indented lines render as a code block in TensorBoard's markdown.
     text = "\n".join("    " + line for line in gin.operative_config_str().splitlines())
-    writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+    writer = tf.summary.create_file_writer(os.path.join(self.write_dir, "train"))
     with writer.as_default():
       tf.summary.text("operative_config", text, step=step)
     writer.flush()
