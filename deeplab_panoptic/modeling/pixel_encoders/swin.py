@@ -233,8 +233,10 @@ class SwinEncoder(base.PixelEncoder):
     embed_dim, depths, num_heads: stage-1 width; blocks and heads per stage.
     window_size: 7 (the ImageNet-1K 224 models), 12 (the ImageNet-22K 384 ones).
     mlp_ratio: MLP hidden width / width.
-    drop_path_rate: drop path of the last block (linear from 0 over all blocks).
-    layer_norm_epsilon: of every LayerNorm.
+    drop_path_rate: drop path of the last block (linear from 0 over all blocks);
+      0.3 is Mask2Former's for every Swin (cfg.MODEL.SWIN.DROP_PATH_RATE in
+      facebookresearch/Mask2Former mask2former/config.py).
+    layer_norm_epsilon: of every LayerNorm (PyTorch's default, as the reference).
   """
 
   def __init__(self, variant: str = "t", embed_dim: Optional[int] = None,
