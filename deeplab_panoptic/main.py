@@ -15,7 +15,7 @@ with one line, ``error: <what and where>``, and exit status 2.
 import glob
 import os
 import sys
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 
 def _has_accelerator_device_node() -> bool:
@@ -45,6 +45,7 @@ from absl import flags
 from absl import logging
 
 from deeplab_panoptic.cli import preflight
+from deeplab_panoptic.cli import profile_steps
 from deeplab_panoptic.cli import recipes
 from deeplab_panoptic.cli.errors import UsageError
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -80,6 +81,10 @@ flags.DEFINE_integer("num_gpus", None,
                      "Each run prints the strategy, its replicas and devices.",
                      lower_bound=0)
 flags.DEFINE_string("tpu", None, "TPU name or address; selects TPUStrategy.")
+flags.DEFINE_string("profile_steps", None,
+                    "Write a TensorBoard profile of training steps a..b (1-based), e.g. "
+                    "--profile_steps=100,110, under <model_dir>/train (train and "
+                    "train_and_eval; sets ExperimentConfig.profile_steps).")
 flags.DEFINE_boolean("list_recipes", False, "Print every recipe name and exit.")
 
 # Errors about an optional dependency name its extra: pip install 'deeplab_panoptic[x]'.
@@ -104,9 +109,16 @@ def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     raise UsageError(f"bad gin configuration: {first}") from e
 
 
-def flag_bindings() -> List[str]:
-  """The gin bindings that --strategy, --num_gpus and --tpu stand for."""
+def flag_bindings(mode: Optional[str] = None) -> List[str]:
+  """The gin bindings that --strategy, --num_gpus, --tpu and --profile_steps stand for.
+
+  Raises:
+    UsageError: a malformed --profile_steps, or one given to a mode that does not train.
+  """
   bindings = []
+  profile = profile_steps.binding(FLAGS.profile_steps, mode)
+  if profile is not None:
+    bindings.append(profile)
   if FLAGS.strategy is not None:
     bindings.append(f"build_strategy.distribution_strategy={STRATEGIES[FLAGS.strategy]!r}")
   if FLAGS.num_gpus is not None:
@@ -125,7 +137,7 @@ def start_up_checks(mode: str) -> Tuple[List[str], List[str]]:
   if not FLAGS.gin_file:
     raise UsageError("at least one --gin_file is required (a recipe name such as "
                      "quickstart/kmax_deeplab_shapes; --list_recipes prints them).")
-  gin_params = list(FLAGS.gin_param) + flag_bindings()
+  gin_params = list(FLAGS.gin_param) + flag_bindings(mode)
   config = preflight.check_gin(FLAGS.gin_file, gin_params)
   if mode != "summary":
     preflight.check_model_dir(FLAGS.model_dir)

@@ -76,11 +76,25 @@ def test_help_lists_every_flag_and_exits_0():
   result = run_cli("--help")
   assert result.returncode == 0, result.stderr[-2000:]
   for flag in ("--gin_file", "--gin_param", "--mode", "--model_dir", "--strategy",
-               "--num_gpus", "--tpu", "--[no]list_recipes"):
+               "--num_gpus", "--tpu", "--profile_steps", "--[no]list_recipes"):
     assert f"  {flag}: " in result.stdout, flag
   assert "<train|eval|train_and_eval|continuous_eval|export|summary>" in result.stdout
   assert "quickstart/kmax_deeplab_shapes" in result.stdout  # the help text itself
   assert not result.tensorflow_imported
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--profile_steps=3",),
+     "error: --profile_steps='3': expected two training steps 'a,b' with 1 <= a <= b, "
+     "e.g. --profile_steps=100,110"),
+    (("--profile_steps=1,2", "--mode=eval"),
+     "error: --profile_steps profiles training steps; --mode=eval does not train "
+     "(use train or train_and_eval)."),
+])
+def test_a_bad_profile_steps_is_one_line(tmp_path, args, expected):
+  line = assert_one_line_error(
+      run_cli(f"--gin_file={QUICKSTART}", f"--model_dir={tmp_path}", *args), "error:")
+  assert line == expected
 
 
 def test_a_wrong_value_type_is_caught():

@@ -15,6 +15,7 @@ from deeplab_panoptic import common
 from deeplab_panoptic.data import dataset_info as dataset_info_lib
 from deeplab_panoptic.data import input_config as input_config_lib
 from deeplab_panoptic.data import reader
+from deeplab_panoptic.data import record_count
 from deeplab_panoptic.export import saved_model
 from deeplab_panoptic.losses.criterion import Criterion
 from deeplab_panoptic.modeling import base as modeling_base
@@ -26,6 +27,7 @@ from deeplab_panoptic.training import evaluator as evaluator_lib
 from deeplab_panoptic.training import init_checkpoint as init_checkpoint_lib
 from deeplab_panoptic.training import model_summary
 from deeplab_panoptic.training import optimizers
+from deeplab_panoptic.training import profiler as profiler_lib
 from deeplab_panoptic.training import strategies
 from deeplab_panoptic.training import trainer as trainer_lib
 from deeplab_panoptic.training.optimizers import DynamicLossScale
@@ -104,6 +106,9 @@ class ExperimentConfig:
       it): fine-tuning, or a pretrained pixel encoder.
     init_checkpoint_parts: the model parts read from it (``"pixel_encoder"``,
       ``"pixel_decoder"``, ``"transformer_decoder"``, ...) or ``("all",)``.
+    profile_steps: ``(first, last)``: a TensorBoard profile of these training
+      steps (1-based) under ``<model_dir>/train`` (``training/profiler.py``);
+      ``--profile_steps=a,b`` sets it. None: no profile.
     init_checkpoint_layout: ``"ours"`` (written by main.py or the importers) or
       ``"model_garden_backbone"`` (a Model Garden checkpoint's ``backbone``, e.g.
       its ImageNet ResNets, read into a ``ResNetEncoder``).
@@ -133,6 +138,7 @@ class ExperimentConfig:
   init_checkpoint: Optional[str] = None
   init_checkpoint_parts: Sequence[str] = (init_checkpoint_lib.ALL_PARTS,)
   init_checkpoint_layout: str = "ours"
+  profile_steps: Optional[Sequence[int]] = None
 
   def __post_init__(self):
     if self.eval_input_size is None:
@@ -265,7 +271,8 @@ class Experiment:
                  ema: Optional[ema_lib.EmaWeights]) -> evaluator_lib.PanopticEvaluator:
     return evaluator_lib.PanopticEvaluator(
         self.strategy, self.model, self.postprocessor, self._dataset(False), self.info,
-        self.write_dir, global_step, ema=ema)
+        self.write_dir, global_step, ema=ema,
+        num_images=record_count.count_records(self.file_pattern(False)))
 
   def _training_ema(self, optimizer: OptimizerGroup) -> Optional[ema_lib.EmaWeights]:
     """The optimizers' averages of the trainable weights; None without EMA."""
@@ -282,6 +289,12 @@ class Experiment:
       return None
     with self.strategy.scope():
       return ema_lib.EmaWeights.for_restore(self.model.trainable_variables)
+
+  def _profiler(self) -> Optional[profiler_lib.StepProfiler]:
+    steps = self.config.profile_steps
+    if not steps:
+      return None
+    return profiler_lib.StepProfiler(steps, os.path.join(self.write_dir, "train"))
 
   def write_operative_config(self) -> None:
     files.write_text_atomic(os.path.join(self.write_dir, "operative_config.gin"),
@@ -316,7 +329,7 @@ class Experiment:
     trainer = trainer_lib.PanopticTrainer(
         self.strategy, self.model, self._loss(), optimizer, train_ds,
         cfg.train_batch_size, cfg.train_steps, jit_compile=cfg.jit_compile,
-        preemption=preemption)
+        preemption=preemption, profiler=self._profiler())
     ema = self._training_ema(optimizer)
     evaluator = self._evaluator(global_step, ema) if self.mode == "train_and_eval" else None
     extra = {"train_data": trainer.data_iterator()} if cfg.checkpoint_data_iterator else {}
@@ -358,6 +371,9 @@ class Experiment:
       print(e.message, flush=True)
       logging.warning(e.message)
       raise
+    finally:
+      if trainer.profiler is not None:
+        trainer.profiler.stop()  # training ended inside the profiled steps
     manager.save(checkpoint_number=global_step, check_interval=False)
     self.write_operative_config()
     return evaluator.last_results if evaluator is not None else None

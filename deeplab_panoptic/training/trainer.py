@@ -8,12 +8,14 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 import orbit
+from orbit.utils import loop_fns
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
 from deeplab_panoptic import common
 from deeplab_panoptic.training.optimizers import OptimizerGroup
+from deeplab_panoptic.training.profiler import StepProfiler
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,12 +83,15 @@ class PanopticTrainer(orbit.StandardTrainer):
       loss, i.e. the "tpu" matcher).
     preemption: when given and SIGTERM has arrived, the end of the current loop
       raises TrainingPreempted (the caller saves a checkpoint).
+    profiler: profiles the steps it names (``training/profiler.py``); the caller
+      stops it when training ends early.
   """
 
   def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                loss_fn: Callable, optimizer: OptimizerGroup, train_dataset,
                global_batch_size: int, total_steps: int, jit_compile: bool = False,
-               preemption: Optional[PreemptionWatcher] = None):
+               preemption: Optional[PreemptionWatcher] = None,
+               profiler: Optional[StepProfiler] = None):
     self.strategy = strategy
     self.model = model
     self.loss_fn = loss_fn
@@ -103,8 +108,29 @@ class PanopticTrainer(orbit.StandardTrainer):
     self._run_start: Optional[float] = None
     self._run_start_step = 0
     self._preemption = preemption
+    self.profiler = profiler
+    self._next_step = 0  # counted on the host while a profiler waits
     super().__init__(train_dataset, options=orbit.StandardTrainerOptions(
         use_tf_while_loop=False))
+
+  def create_train_loop_fn(self):
+    """orbit's Python loop of tf.function steps; with a profiler, each step between
+    the profiler's calls."""
+    if self.profiler is None:
+      return super().create_train_loop_fn()
+    step_fn = tf.function(self.train_step)
+    profiler = self.profiler
+
+    def profiled_step(iterator):
+      step = self._next_step
+      profiler.before_step(step)
+      step_fn(iterator)
+      if profiler.running and step >= profiler.last:
+        self.global_step.numpy()  # The step's ops finish inside the profile.
+      profiler.after_step(step)
+      self._next_step += 1
+
+    return loop_fns.create_loop_fn(profiled_step)
 
   def data_iterator(self):
     """The training iterator (created now if needed), for checkpointing its position."""
@@ -152,6 +178,7 @@ class PanopticTrainer(orbit.StandardTrainer):
     self._loop_start_step = int(self.global_step.numpy())
     if self._run_start is None:
       self._run_start, self._run_start_step = self._loop_start, self._loop_start_step
+    self._next_step = self._loop_start_step + 1
 
   def _forward_backward(self, batch):
     loss_scale = getattr(self.optimizer, "loss_scale", None)

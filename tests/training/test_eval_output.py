@@ -1,6 +1,6 @@
-"""What an evaluation shows on the console: a progress bar with a total (so an
-ETA) on stderr, and the per-class table after the result line on stdout, whose
-numbers are results.json's.
+"""What an evaluation shows: on the console a progress bar with a total (so an
+ETA) on stderr and the per-class table after the result line on stdout, whose
+numbers are results.json's; in TensorBoard input | ground truth | prediction.
 
 The stand-in model and postprocessor of tests/evaluation/test_evaluator_metrics.py
 make the predictions (three images, one padding example).
@@ -8,8 +8,10 @@ make the predictions (three images, one padding example).
 
 import json
 
+import numpy as np
 import tensorflow as tf
 
+from deeplab_panoptic.data import inspect as inspect_lib
 from deeplab_panoptic.data.dataset_info import SHAPES
 from deeplab_panoptic.training.evaluator import PanopticEvaluator
 from tests.evaluation.test_evaluator_metrics import _examples
@@ -61,3 +63,23 @@ def test_no_table_when_switched_off(tmp_path, capsys):
   _evaluate(tmp_path, progress_bar=False, print_per_class=False)
   captured = capsys.readouterr()
   assert "| IoU" not in captured.out and "eval step" not in captured.err
+
+
+def test_tensorboard_picture_is_input_then_ground_truth_then_prediction(tmp_path):
+  """The three panels of the eval picture, each against its own overlay."""
+  evaluator = PanopticEvaluator(
+      tf.distribute.get_strategy(), None, _postprocessor, tf.data.Dataset.range(1), SHAPES,
+      str(tmp_path), tf.Variable(0, dtype=tf.int64), num_summary_images=1)
+  image = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  div = SHAPES.label_divisor
+  gt = np.full((16, 16), 3 * div)          # sky
+  gt[4:10, 4:10] = 0 * div + 1             # a thing
+  pred = np.full((16, 16), 4 * div)        # ground, and the thing elsewhere
+  pred[8:14, 2:8] = 0 * div + 1
+  picture = evaluator._summary_picture(image, (16, 16), (16, 16), gt, pred)  # pylint: disable=protected-access
+  assert picture.shape == (16, 48, 3)
+  np.testing.assert_array_equal(picture[:, :16], image)
+  np.testing.assert_array_equal(picture[:, 16:32],
+                                inspect_lib.panoptic_overlay(image, gt, SHAPES))
+  np.testing.assert_array_equal(picture[:, 32:], inspect_lib.panoptic_overlay(image, pred,
+                                                                              SHAPES))
