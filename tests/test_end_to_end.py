@@ -40,10 +40,15 @@ def test_quickstart_train_eval_export_and_reload(tmp_path):
   model_dir = tmp_path / "run"
   params = _params(tmp_path)
 
-  proc = run_main(*params, "--mode=train_and_eval", f"--model_dir={model_dir}")
+  # Steps 2..3 span two loops of 2 steps: profiled into <model_dir>/train.
+  proc = run_main(*params, "--mode=train_and_eval", f"--model_dir={model_dir}",
+                  "--profile_steps=2,3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert "train | step      4/4 | loss" in out and "images/s | ETA" in out, out[-2000:]
+  assert "train | profile of steps 2..3 written to" in out, out[-2000:]
+  profiles = list((model_dir / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(profiles) == 1 and profiles[0].stat().st_size > 0
 
   # Results, operative config, checkpoints and TensorBoard events are where promised.
   results = json.loads((model_dir / "eval" / "results.json").read_text())
