@@ -133,3 +133,68 @@ def test_train_step_compiles_with_xla():
 
   loss, grads = step(pixel, memory)
   assert np.isfinite(loss.numpy()) and all(g is not None for g in grads)
+
+
+def _bn_train(x, bn, channel_axes=(-1,)):
+  """Training-mode batch norm: statistics of ``x`` over every non-channel axis."""
+  channel_axes = [a % x.ndim for a in channel_axes]
+  reduce = tuple(a for a in range(x.ndim) if a not in channel_axes)
+  shape = [x.shape[a] if a in channel_axes else 1 for a in range(x.ndim)]
+  gamma, beta = (np.reshape(v.numpy(), shape) for v in (bn.gamma, bn.beta))
+  return gamma * (x - x.mean(reduce, keepdims=True)) / np.sqrt(
+      x.var(reduce, keepdims=True) + EPS) + beta
+
+
+def _retrieve(q, k, v, op):
+  """softmax over the keys of BN(q . k), per head: MaX-DeepLab eq. 13 / 14 (training).
+
+  q [B, l, H, dk], k [B, m, H, dk], v [B, m, H, dv] -> [B, l, H * dv].
+  """
+  similarity = _bn_train(np.einsum("blhd,bmhd->bhlm", q, k), op._bn_similarity, (1,))
+  out = np.einsum("bhlm,bmhd->bhld", _softmax(similarity), v)
+  out = np.maximum(_bn_train(out, op._bn_value, (1, 3)), 0)
+  return out.transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[1], -1)
+
+
+def test_dual_path_layer_in_training_uses_batch_statistics():
+  """Training mode (drop path off): every BN normalises with the batch's statistics
+  (over images, positions and, for the similarities, both attention axes) and
+  updates its moving averages; MaX-DeepLab (arXiv 2012.00759) eq. 13 and 14."""
+  rng = np.random.default_rng(4)
+  b, hh, ww, c_pix, n, c_mem = 2, 3, 4, 12, 5, 10
+  heads, key_dim, value_dim, bottleneck, ffn = 2, 8, 12, 16, 20
+  layer = DualPathTransformerLayer(bottleneck, key_dim, value_dim, heads, ffn, "relu",
+                                   drop_path_rate=0.0)
+  pixel = rng.normal(size=(b, hh, ww, c_pix)).astype(np.float32)
+  memory = np.maximum(rng.normal(size=(b, n, c_mem)), 0).astype(np.float32)
+  layer((pixel, memory))
+  _randomise_batch_norms(layer, rng)
+  bn = layer._memory_conv1._bn
+  moving_mean = bn.moving_mean.numpy()
+  got_pixel, got_memory = [t.numpy() for t in layer((pixel, memory), training=True)]
+
+  relu = lambda x: np.maximum(x, 0)
+  dense_bn = lambda x, l: _bn_train(x @ l._dense.kernel.numpy(), l._bn)
+  flat = pixel.reshape(b, hh * ww, c_pix).astype(np.float64)
+  m = relu(dense_bn(memory.astype(np.float64), layer._memory_conv1))
+  p = relu(dense_bn(relu(flat), layer._pixel_conv1))
+  dk, dv = key_dim // heads, value_dim // heads
+  split = lambda t: (t[..., :key_dim].reshape(b, -1, heads, dk),
+                     t[..., key_dim:2 * key_dim].reshape(b, -1, heads, dk),
+                     t[..., 2 * key_dim:].reshape(b, -1, heads, dv))
+  m_q, m_k, m_v = split(dense_bn(m, layer._memory_qkv))
+  p_q, p_k, p_v = split(dense_bn(p, layer._pixel_qkv))
+  # Eq. 14: memory queries over [pixel keys; memory keys], one softmax.
+  update = _retrieve(m_q, np.concatenate([p_k, m_k], 1), np.concatenate([p_v, m_v], 1),
+                     layer._memory_attention)
+  mem = relu(memory + dense_bn(update, layer._memory_conv3))
+  exp_memory = relu(mem + dense_bn(relu(dense_bn(mem, layer._ffn1)), layer._ffn2))
+  # Eq. 13: pixel queries over the input memory's keys.
+  update = _retrieve(p_q, m_k, m_v, layer._pixel_attention)
+  exp_pixel = (flat + dense_bn(update, layer._pixel_conv3)).reshape(pixel.shape)
+  np.testing.assert_allclose(got_memory, exp_memory, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got_pixel, exp_pixel, rtol=1e-4, atol=1e-4)
+  # Moving mean: momentum 0.99 towards the batch mean of the projected memory.
+  batch_mean = (memory @ layer._memory_conv1._dense.kernel.numpy()).mean((0, 1))
+  np.testing.assert_allclose(bn.moving_mean.numpy(), 0.99 * moving_mean + 0.01 * batch_mean,
+                             rtol=1e-5, atol=1e-6)

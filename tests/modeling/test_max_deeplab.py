@@ -123,6 +123,10 @@ def test_max_deeplab_l_parameter_count():
   """Wide-ResNet-41 + L = 2 hourglass: deeplab2's 451,272,192 exactly."""
   model = _build_from_gin("configs/models/max_deeplab_l.gin", training=False)
   assert _deeplab2_encoder_params(model) == 451_272_192
+  # README's 451.5M: + the predictor; MaX-DeepLab (arXiv 2012.00759) Tab. 2: 451M.
+  params = model_summary.parameter_counts(model)["params"]
+  assert params == 451_514_378
+  assert abs(params / 451e6 - 1) < 0.002
   rates = [round(b._drop_path.drop_rate, 3) for b, _, _ in model.pixel_encoder._blocks]
   assert rates == ([0.0] * 4 + [0.05] * 3 + [0.1] * 5 + [0.1, 0.15, 0.15]
                    + [0.15, 0.2, 0.2])
