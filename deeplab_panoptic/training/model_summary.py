@@ -62,7 +62,7 @@ NO_MAC_OPS = frozenset({
     "AddV2", "Add", "AddN", "Sub", "Mul", "RealDiv", "Div", "DivNoNan", "FloorDiv",
     "FloorMod", "Mod", "Maximum", "Minimum", "Neg", "Abs", "Sign", "Square",
     "SquaredDifference", "Sqrt", "Rsqrt", "Reciprocal", "Pow", "Exp", "Log",
-    "Log1p", "Erf", "Erfc", "Floor", "Ceil", "Round", "Relu", "Relu6", "Elu",
+    "Log1p", "Erf", "Erfc", "Sin", "Cos", "Atan2", "Floor", "Ceil", "Round", "Relu", "Relu6", "Elu",
     "Selu", "LeakyRelu", "Softplus", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
     "BiasAdd", "ClipByValue", "Equal", "NotEqual", "Greater", "GreaterEqual",
     "Less", "LessEqual", "LogicalAnd", "LogicalOr", "LogicalNot", "IsFinite",
