@@ -1,5 +1,7 @@
 """CMT-DeepLab: the CMT layer against numpy, residual paths, coord-convs, sizes, XLA."""
 
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -170,6 +172,39 @@ def test_cmt_layer_matches_numpy_equations(inputs):
   np.testing.assert_allclose(points[..., 1], expected[4][..., M:], rtol=1e-5)
   np.testing.assert_allclose(stages[1][cmt_layer.STAGE_LOGITS].numpy(), expected[2],
                              rtol=1e-4, atol=1e-4)
+
+
+def _bn_train(x, bn, axes=(-1,)):
+  """Training batch norm: ``_bn`` with the statistics of ``x`` over every axis but
+  ``axes`` (the channel axes) instead of the moving ones."""
+  axes = [a % x.ndim for a in axes]
+  reduce = tuple(a for a in range(x.ndim) if a not in axes)
+  shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+  g, b = (np.reshape(w.numpy(), shape) for w in (bn.gamma, bn.beta))
+  return (x - x.mean(reduce, keepdims=True)) / np.sqrt(
+      x.var(reduce, keepdims=True) + EPS) * g + b
+
+
+def test_cmt_layer_in_training_matches_numpy_equations(inputs, monkeypatch):
+  """Training mode: the same equations (soft clustering Z = softmax_N(S), eq. 6-8;
+  reference masks and coord-convs, eq. 9-12) with every BN on batch statistics."""
+  pixel, memory = inputs
+  layer = _layer()
+  layer((tf.constant(pixel), tf.constant(memory)))
+  _randomise(layer, seed=5)
+  rng = np.random.default_rng(6)
+  prev_logits = rng.normal(size=(2, H, W, N)).astype(np.float32)
+  prev_reference = rng.normal(size=(2, N, 2 * M)).astype(np.float32)
+  state = {cmt_layer.STATE_MEMORY: tf.constant(memory),
+           cmt_layer.STATE_LOGITS: tf.constant(prev_logits),
+           cmt_layer.STATE_REFERENCE: tf.constant(prev_reference)}
+  pixel_out, new_state = layer((tf.constant(pixel), state), training=True)
+  monkeypatch.setattr(sys.modules[__name__], "_bn", _bn_train)
+  expected = _numpy_cmt_layer(layer, pixel.astype(np.float64), memory.astype(np.float64),
+                              prev_logits, prev_reference)
+  for got, want in ((pixel_out, expected[0]), (new_state[cmt_layer.STATE_MEMORY], expected[1]),
+                    (new_state[cmt_layer.STATE_LOGITS], expected[2])):
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
 
 
 def test_first_layer_starts_residuals_at_zero(inputs):
