@@ -1,8 +1,9 @@
-r"""Imports Hugging Face Swin weights (a safetensors file) into SwinEncoder.
+r"""Imports Hugging Face or timm Swin weights (a safetensors file) into SwinEncoder.
 
     python -m deeplab_panoptic.tools.import_swin \
       --gin_file=RECIPE.gin [--gin_param='SwinEncoder.variant = "b"'] \
-      --safetensors=model.safetensors [--prefix=swin.] --output_dir=/tmp/swin_imported
+      --safetensors=model.safetensors [--prefix=swin.] [--naming=auto|hf|timm] \
+      --output_dir=/tmp/swin_imported
 
 reads the file with safetensors' numpy API (no torch), builds the recipe's model,
 assigns its pixel encoder (which must be ``SwinEncoder``) and writes our
@@ -14,7 +15,15 @@ The names are Hugging Face transformers' (``SwinModel`` / ``SwinBackbone``, as
 ``--prefix``: ``""`` for a ``SwinBackbone`` or ``SwinModel`` file, ``swin.`` for
 ``SwinForImageClassification`` (the ImageNet checkpoints),
 ``model.pixel_level_module.encoder.`` for ``Mask2FormerForUniversalSegmentation``.
-Arrays outside the prefix are not the encoder's and are ignored.
+Arrays outside the prefix are not the encoder's and are ignored. timm's names
+(``--naming=timm``, or found by ``auto`` from ``patch_embed.proj.weight``) are
+read too: ``patch_embed.{proj,norm}``, ``layers.{i}.blocks.{j}.{norm1,norm2}``,
+``attn.qkv`` (already fused, transposed), ``attn.relative_position_bias_table``,
+``attn.proj``, ``mlp.fc1``, ``mlp.fc2``; patch merging ``layers.{i+1}.downsample``
+(timm) or ``layers.{i}.downsample`` (Microsoft's and Mask2Former's original
+layout, recognised by ``layers.0.downsample``); stage norms ``norm{i}``
+(Mask2Former's backbone); classifier ``norm``, ``head``; buffers
+``relative_position_index`` (checked) and ``attn_mask`` (not used).
 
 | Hugging Face (under the prefix) | ours (``SwinEncoder``) | layout |
 |---|---|---|
@@ -44,10 +53,13 @@ import tensorflow as tf
 
 from deeplab_panoptic.modeling.pixel_encoders.swin import SwinEncoder, relative_position_index
 
+NAMINGS = ("auto", "hf", "timm")
 # The classifier's arrays, which the encoder does not hold: the final norm (which
 # transformers 5's SwinBackbone also holds, unused, as ``swin.layernorm``) and head.
-CLASSIFIER_PREFIXES = ("layernorm.", "swin.layernorm.", "classifier.", "pooler.")
-STAGE_NORM_PREFIX = "hidden_states_norms."
+CLASSIFIER_PREFIXES = {"hf": ("layernorm.", "swin.layernorm.", "classifier.", "pooler."),
+                       "timm": ("norm.", "head.")}
+# Buffers some files hold: the index is checked, timm's / Microsoft's masks are not used.
+BUFFER_SUFFIXES = (".relative_position_index", ".attn_mask")
 
 Combine = Callable[[List[np.ndarray]], np.ndarray]
 
@@ -100,7 +112,7 @@ def _block(p: str, block) -> List[Entry]:
           + _dense(f"{p}.output.dense", block.fc2))
 
 
-def swin_entries(encoder: SwinEncoder) -> Tuple[List[Entry], List[Entry]]:
+def _hf_entries(encoder: SwinEncoder) -> Tuple[List[Entry], List[Entry]]:
   """``(entries, stage-norm entries)`` of a built encoder, Hugging Face names."""
   embed = encoder.patch_embed
   entries = [Entry(embed.proj.kernel, ["embeddings.patch_embeddings.projection.weight"],
@@ -116,12 +128,70 @@ def swin_entries(encoder: SwinEncoder) -> Tuple[List[Entry], List[Entry]]:
       entries += _dense(f"encoder.layers.{i}.downsample.reduction", merge.reduction)
   stage_norms = []
   for i, norm in enumerate(encoder.norms):
-    stage_norms += _norm(f"{STAGE_NORM_PREFIX}stage{i + 1}", norm)
+    stage_norms += _norm(f"hidden_states_norms.stage{i + 1}", norm)
   return entries, stage_norms
 
 
+def _timm_entries(encoder: SwinEncoder,
+                  merge_ends_stage: bool) -> Tuple[List[Entry], List[Entry]]:
+  """``(entries, stage-norm entries)``, timm's names.
+
+  Args:
+    merge_ends_stage: Microsoft's / Mask2Former's layout (patch merging
+      ``layers.{i}.downsample`` at the end of stage i) instead of timm's
+      (``layers.{i+1}.downsample``, at the start of the next stage).
+  """
+  embed = encoder.patch_embed
+  entries = (_dense_conv("patch_embed.proj", embed.proj) + _norm("patch_embed.norm", embed.norm))
+  for i, blocks in enumerate(encoder.stages):
+    for j, block in enumerate(blocks):
+      p = f"layers.{i}.blocks.{j}"
+      entries += (_norm(f"{p}.norm1", block.norm1) + _dense(f"{p}.attn.qkv", block.attn.qkv)
+                  + [Entry(block.attn.relative_position_bias_table,
+                           [f"{p}.attn.relative_position_bias_table"])]
+                  + _dense(f"{p}.attn.proj", block.attn.proj) + _norm(f"{p}.norm2", block.norm2)
+                  + _dense(f"{p}.mlp.fc1", block.fc1) + _dense(f"{p}.mlp.fc2", block.fc2))
+    if i < len(encoder.downsamples):
+      p = f"layers.{i if merge_ends_stage else i + 1}.downsample"
+      entries += (_norm(f"{p}.norm", encoder.downsamples[i].norm)
+                  + _dense(f"{p}.reduction", encoder.downsamples[i].reduction))
+  stage_norms = []
+  for i, norm in enumerate(encoder.norms):
+    stage_norms += _norm(f"norm{i}", norm)   # Mask2Former's backbone
+  return entries, stage_norms
+
+
+def _dense_conv(prefix: str, layer) -> List[Entry]:
+  return [Entry(layer.kernel, [f"{prefix}.weight"], _conv),
+          Entry(layer.bias, [f"{prefix}.bias"])]
+
+
+def detect_naming(state: Mapping[str, np.ndarray]) -> str:
+  """"hf" or "timm", from the patch embedding's name; raises when neither is there."""
+  if "embeddings.patch_embeddings.projection.weight" in state:
+    return "hf"
+  if "patch_embed.proj.weight" in state:
+    return "timm"
+  raise ValueError("Swin import: neither 'embeddings.patch_embeddings.projection.weight' "
+                   "(Hugging Face) nor 'patch_embed.proj.weight' (timm) is in the file, "
+                   f"whose names look like {sorted(state)[:2]} (--prefix?).")
+
+
+def swin_entries(encoder: SwinEncoder, state: Mapping[str, np.ndarray],
+                 naming: str = "auto") -> Tuple[str, List[Entry], List[Entry]]:
+  """``(naming, entries, stage-norm entries)`` of a built encoder for ``state``'s names."""
+  if naming not in NAMINGS:
+    raise ValueError(f"Swin import: naming must be one of {NAMINGS}, got {naming!r}.")
+  if naming == "auto":
+    naming = detect_naming(state)
+  if naming == "hf":
+    return (naming,) + _hf_entries(encoder)
+  merge_ends_stage = "layers.0.downsample.reduction.weight" in state
+  return (naming,) + _timm_entries(encoder, merge_ends_stage)
+
+
 def _check_names(entries: List[Entry], stage_norms: List[Entry],
-                 state: Mapping[str, np.ndarray]) -> List[Entry]:
+                 state: Mapping[str, np.ndarray], classifier: Tuple[str, ...]) -> List[Entry]:
   """The entries to assign; raises on a missing or unplaced array."""
   has_norms = [all(n in state for n in e.names) for e in stage_norms]
   if any(has_norms) and not all(has_norms):
@@ -134,9 +204,8 @@ def _check_names(entries: List[Entry], stage_norms: List[Entry],
   if missing:
     raise ValueError(f"Swin import: the file lacks {len(missing)} arrays the encoder "
                      f"needs, e.g. {missing[:3]} (another variant, or --prefix?).")
-  index_names = {n for n in state if n.endswith(".relative_position_index")}
-  unplaced = sorted(n for n in set(state) - needed - index_names
-                    if not n.startswith(CLASSIFIER_PREFIXES))
+  unplaced = sorted(n for n in set(state) - needed
+                    if not n.endswith(BUFFER_SUFFIXES) and not n.startswith(classifier))
   if unplaced:
     raise ValueError(f"Swin import: {len(unplaced)} arrays of the file have no place in "
                      f"the encoder, e.g. {unplaced[:3]} (another variant?).")
@@ -164,12 +233,14 @@ def strip_prefix(arrays: Mapping[str, np.ndarray], prefix: str) -> Dict[str, np.
   return state
 
 
-def load_swin_state(encoder: SwinEncoder, state: Mapping[str, np.ndarray]) -> Dict[str, int]:
-  """Assigns every variable of a built ``encoder`` from Hugging Face-named arrays.
+def load_swin_state(encoder: SwinEncoder, state: Mapping[str, np.ndarray],
+                    naming: str = "auto") -> Dict[str, int]:
+  """Assigns every variable of a built ``encoder`` from Hugging Face- or timm-named arrays.
 
   Args:
     encoder: a built ``SwinEncoder``.
     state: name (without prefix) -> array, e.g. ``strip_prefix(load_file(f), p)``.
+    naming: "hf", "timm", or "auto" (from the patch embedding's name).
 
   Returns:
     ``{"assigned": variables assigned, "stage_norms_kept": stage-norm variables left
@@ -178,11 +249,12 @@ def load_swin_state(encoder: SwinEncoder, state: Mapping[str, np.ndarray]) -> Di
   Raises:
     ValueError: one line naming the missing, unplaced or misshapen array.
   """
-  entries, stage_norms = swin_entries(encoder)
+  naming, entries, stage_norms = swin_entries(encoder, state, naming)
   if len(entries) + len(stage_norms) != len(encoder.weights):
     raise ValueError(f"Swin import: {len(encoder.weights)} encoder variables but "
                      f"{len(entries) + len(stage_norms)} mapped; the encoder's layout changed.")
-  selected = _check_names(entries, stage_norms, state)
+  classifier = CLASSIFIER_PREFIXES[naming]
+  selected = _check_names(entries, stage_norms, state, classifier)
   _check_position_indices(encoder, state)
   for entry in selected:
     value = entry.combine([np.asarray(state[n]) for n in entry.names])
@@ -193,7 +265,7 @@ def load_swin_state(encoder: SwinEncoder, state: Mapping[str, np.ndarray]) -> Di
     entry.variable.assign(value.astype(entry.variable.dtype.as_numpy_dtype))
   return {"assigned": len(selected),
           "stage_norms_kept": len(entries) + len(stage_norms) - len(selected),
-          "classifier_arrays": sum(n.startswith(CLASSIFIER_PREFIXES) for n in state)}
+          "classifier_arrays": sum(n.startswith(classifier) for n in state)}
 
 
 def read_safetensors(path: str, prefix: str) -> Dict[str, np.ndarray]:
@@ -219,7 +291,8 @@ def main(argv):
     raise app.UsageError(f"the recipe's pixel encoder is {type(model.pixel_encoder).__name__},"
                          " not SwinEncoder.")
   try:
-    report = load_swin_state(model.pixel_encoder, read_safetensors(f.safetensors, f.prefix))
+    report = load_swin_state(model.pixel_encoder, read_safetensors(f.safetensors, f.prefix),
+                             f.naming)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   print(f"assigned {report['assigned']} encoder variables; kept "
@@ -234,6 +307,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("safetensors", None, "Hugging Face Swin weights (.safetensors).")
   flags.DEFINE_string("prefix", "", "Prefix of the encoder's names in the file, e.g. "
                       "'swin.' or 'model.pixel_level_module.encoder.'.")
+  flags.DEFINE_enum("naming", "auto", NAMINGS, "The file's names: Hugging Face's, timm's, "
+                    "or auto (from the patch embedding's name).")
   flags.DEFINE_string("output_dir", None, "Where our checkpoint (ckpt-0) is written.")
   flags.mark_flags_as_required(["safetensors", "output_dir"])
   app.run(main)

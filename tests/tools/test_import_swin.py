@@ -1,8 +1,9 @@
-"""Swin import: Hugging Face safetensors -> SwinEncoder, against transformers' outputs.
+"""Swin import: safetensors -> SwinEncoder, against transformers' and timm's outputs.
 
 tests/fixtures/swin holds a tiny random ``SwinBackbone`` saved by transformers
-(``save_pretrained``), an input and its four ``feature_maps``, written by
-tools/golden/swin_golden.py (metadata.json names the transformers version).
+(``save_pretrained``), an input and its four ``feature_maps``; tests/fixtures/swin/timm
+a tiny random timm ``SwinTransformer``, an input and its stage outputs. Both are
+written by tools/golden/swin_golden.py (metadata.json names the versions).
 """
 
 import json
@@ -61,7 +62,8 @@ def _assert_matches_golden(encoder):
 
 
 def test_fixture_is_small_and_names_its_reference():
-  size = sum(os.path.getsize(os.path.join(FIXTURE, n)) for n in os.listdir(FIXTURE))
+  size = sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(FIXTURE)
+             for n in names)
   assert size < 1_000_000
   metadata = _metadata()
   assert metadata["reference_class"] == "SwinBackbone"
@@ -160,3 +162,63 @@ def test_errors_name_what_is_wrong():
     import_swin.strip_prefix(state, "backbone.")
   with pytest.raises(ValueError, match="cannot read --safetensors="):
     import_swin.read_safetensors(os.path.join(FIXTURE, "golden.npz"), "")
+
+
+TIMM = os.path.join(FIXTURE, "timm")
+
+
+def _timm_fixture():
+  with open(os.path.join(TIMM, "metadata.json")) as f:
+    config = json.load(f)["config"]
+  with np.load(os.path.join(TIMM, "golden.npz")) as data:
+    golden = {k: data[k] for k in data.files}
+  encoder = SwinEncoder(embed_dim=config["embed_dim"], depths=config["depths"],
+                        num_heads=config["num_heads"], window_size=config["window_size"],
+                        drop_path_rate=0.0)
+  encoder(tf.zeros([1, 32, 32, 3]))
+  return encoder, import_swin.read_safetensors(os.path.join(TIMM, "model.safetensors"), ""), golden
+
+
+def _layer_norm(x, gamma=1.0, beta=0.0):
+  x = x.astype(np.float64)
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
+
+
+def test_timm_file_equals_timm_swin():
+  """timm's names; timm's stage outputs are not normalised, ours are (fresh norms: plain LN)."""
+  encoder, state, golden = _timm_fixture()
+  report = import_swin.load_swin_state(encoder, state)   # naming found: timm
+  assert report == {"assigned": len(encoder.weights) - 8, "stage_norms_kept": 8,
+                    "classifier_arrays": 4}   # norm.{weight,bias}, head.fc.{weight,bias}
+  outputs = encoder(tf.constant(golden["image"]), training=False)
+  for i, s in enumerate(STRIDES):
+    np.testing.assert_allclose(outputs[f"stride{s}"].numpy(), _layer_norm(golden[f"stage{i + 1}"]),
+                               rtol=0, atol=1e-4, err_msg=f"stride{s}")
+
+
+def test_mask2former_original_layout():
+  """Patch merging at the end of a stage (``layers.{i}.downsample``) and stage norms ``norm{i}``."""
+  encoder, state, golden = _timm_fixture()
+  renamed = {}
+  for name, value in state.items():
+    if ".downsample." in name:
+      stage = int(name.split(".")[1])
+      name = name.replace(f"layers.{stage}.", f"layers.{stage - 1}.", 1)
+    if not name.startswith(("norm.", "head.")):
+      renamed[name] = value
+  rng = np.random.default_rng(5)
+  for i, c in enumerate(encoder.output_channels.values()):
+    renamed[f"norm{i}.weight"] = (1 + 0.2 * rng.normal(size=c)).astype(np.float32)
+    renamed[f"norm{i}.bias"] = (0.2 * rng.normal(size=c)).astype(np.float32)
+  report = import_swin.load_swin_state(encoder, renamed, naming="timm")
+  assert report["assigned"] == len(encoder.weights) and report["stage_norms_kept"] == 0
+  outputs = encoder(tf.constant(golden["image"]), training=False)
+  for i, s in enumerate(STRIDES):
+    want = _layer_norm(golden[f"stage{i + 1}"], renamed[f"norm{i}.weight"], renamed[f"norm{i}.bias"])
+    np.testing.assert_allclose(outputs[f"stride{s}"].numpy(), want, rtol=0, atol=1e-4)
+
+
+def test_unknown_naming_is_one_clear_error():
+  with pytest.raises(ValueError, match=r"neither 'embeddings.patch_embeddings.projection.weight'"):
+    import_swin.load_swin_state(_encoder(), {"backbone.x": np.zeros(1)})
