@@ -195,20 +195,36 @@ def test_semantic_segmenter_checks_its_parts():
     _tiny_model(recompute=("transformer_decoder",))
 
 
-def test_recompute_gives_the_same_loss_and_gradients():
+def test_recompute_gives_the_same_loss_and_gradients(monkeypatch):
+  """Each listed part's ``call`` runs again inside ``tape.gradient`` (twice in
+  all, once without recomputation), and the loss and gradients are unchanged."""
   model = _tiny_model()
   images = _images()
   model(images, training=True)
+  parts = {"pixel_encoder": model.pixel_encoder, "pixel_decoder": model.pixel_decoder,
+           "head": model.head}
 
   def gradients():
+    calls = {name: 0 for name in parts}
+    by_id = {id(part): name for name, part in parts.items()}
+    for cls in {type(part) for part in parts.values()}:
+      def counting(self, *args, __original=cls.call, **kwargs):
+        if id(self) in by_id:
+          calls[by_id[id(self)]] += 1
+        return __original(self, *args, **kwargs)
+      monkeypatch.setattr(cls, "call", counting)
     with tf.GradientTape() as tape:
       logits = model(images, training=True)[common.PRED_SEMANTIC_LOGITS]
       loss = tf.reduce_mean(tf.square(logits))
-    return loss, tape.gradient(loss, model.trainable_variables)
+    grads = tape.gradient(loss, model.trainable_variables)
+    monkeypatch.undo()
+    return loss, grads, calls
 
-  loss, grads = gradients()
-  model.recompute = ("pixel_encoder", "pixel_decoder", "head")
-  loss_r, grads_r = gradients()
+  loss, grads, calls = gradients()
+  assert calls == {name: 1 for name in parts}
+  model.recompute = tuple(parts)
+  loss_r, grads_r, calls_r = gradients()
+  assert calls_r == {name: 2 for name in parts}, "a part was not recomputed"
   np.testing.assert_allclose(loss_r.numpy(), loss.numpy(), rtol=1e-5)
   assert all(g is not None for g in grads_r)
   for g, g_r in zip(grads, grads_r):
