@@ -161,3 +161,84 @@ def test_two_workers_over_loopback_end_with_identical_weights():
     for a, b in zip(result["fp16_after_two"], result["fp16_after_one"]):
       np.testing.assert_array_equal(np.array(a), np.array(b))
     assert result["fp16_scale"] == 2.0 ** 14
+
+
+# Two workers run the whole experiment (train_and_eval) of a tiny kMaX.
+_EXPERIMENT_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {repo!r})
+    from deeplab_panoptic import main as main_lib
+    from deeplab_panoptic.training import experiment
+    main_lib.parse_gin(["experiments/quickstart/kmax_deeplab_shapes.gin"], {params!r})
+    exp = experiment.Experiment({model_dir!r}, "train_and_eval")
+    print("WORKER " + json.dumps({{"pid": os.getpid(), "chief": exp.is_chief,
+                                   "write_dir": exp.write_dir}}), flush=True)
+    exp.run()
+""")
+
+
+def _worker_line(stdout):
+  line = [l for l in stdout.splitlines() if l.startswith("WORKER ")][0]
+  return json.loads(line[len("WORKER "):])
+
+
+@pytest.mark.slow
+def test_only_the_chief_writes_the_run_files(tmp_path):
+  """train_and_eval on two workers: results.json, operative_config.gin, checkpoints
+  and TensorBoard events come from the chief alone; the other worker's folder is
+  removed at the end. Slow: two TensorFlow start-ups and model builds in parallel."""
+  from deeplab_panoptic.data import convert  # pylint: disable=g-import-not-at-top
+  data, model_dir = str(tmp_path / "data"), str(tmp_path / "run")
+  convert.ensure_shapes_dataset(data, num_train=4, num_val=2, num_shards=2, num_workers=1)
+  params = [
+      "build_strategy.distribution_strategy='multi_worker_mirrored'",
+      "ExperimentConfig.prepare_data=None", f"DATA_DIR='{data}'",
+      "InputConfig.crop_size=(64, 64)", "InputConfig.max_original_size=(128, 128)",
+      "TRAIN_STEPS=2", "ExperimentConfig.steps_per_loop=2",
+      "ExperimentConfig.train_batch_size=2", "ExperimentConfig.eval_batch_size=2",
+      "learning_rate_schedule.warmup_steps=0", "PanopticEvaluator.num_summary_images=0",
+      # One k-means layer instead of three: less to trace on each worker.
+      "KMaXTransformerDecoder.strides=(8,)", "KMaXTransformerDecoder.num_blocks=(1,)",
+  ]
+  script = _EXPERIMENT_SCRIPT.format(repo=REPO_ROOT, params=params, model_dir=model_dir)
+  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+  procs, logs = [], [str(tmp_path / f"worker{i}.log") for i in range(2)]
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+               TF_CONFIG=json.dumps({"cluster": cluster,
+                                     "task": {"type": "worker", "index": index}}))
+    with open(logs[index], "w", encoding="utf-8") as log:
+      procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, text=True))
+  workers = []
+  try:
+    for proc, log in zip(procs, logs):
+      # Generous: on 2 shared cores at load 8-10 a niced worker gets little CPU.
+      proc.wait(timeout=1800)
+      out = open(log, encoding="utf-8").read()
+      assert proc.returncode == 0, out[-3000:]
+      workers.append((_worker_line(out), out))
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  (chief, chief_out), (other, other_out) = workers
+  assert chief["chief"] and chief["write_dir"] == model_dir
+  assert not other["chief"] and other["write_dir"] != model_dir
+  assert not os.path.exists(other["write_dir"])  # Removed at the end.
+  assert "2 replica(s) in sync" in chief_out and "2 replica(s) in sync" in other_out
+  assert f"writes to {other['write_dir']}, removed at the end" in other_out
+  results = json.load(open(os.path.join(model_dir, "eval", "results.json")))
+  assert results["step"] == 2
+  assert os.path.isfile(os.path.join(model_dir, "operative_config.gin"))
+  assert tf_latest_checkpoint_step(model_dir) == 2
+  # TensorBoard names each events file after the process that wrote it.
+  events = [f for _, _, files in os.walk(model_dir) for f in files if "tfevents" in f]
+  assert events and all(f".{chief['pid']}." in f for f in events), events
+
+
+def tf_latest_checkpoint_step(model_dir):
+  """The step of the newest checkpoint named in ``model_dir/checkpoint`` (no TensorFlow)."""
+  with open(os.path.join(model_dir, "checkpoint"), encoding="utf-8") as f:
+    first = f.readline()  # model_checkpoint_path: "ckpt-2"
+  return int(first.strip().rstrip('"').rsplit("-", 1)[-1])
