@@ -56,7 +56,7 @@ def _train_and_export(tmp_path) -> str:
   """
   data, model_dir = tmp_path / "data", tmp_path / "run"
   params = [
-      "CROP_SIZE=(64, 64)", "TRAIN_STEPS=2", "ExperimentConfig.steps_per_loop=2",
+      "TRAIN_STEPS=2", "ExperimentConfig.steps_per_loop=2",
       "ExperimentConfig.train_batch_size=2", f"DATA_DIR='{data}'",
       f"ExperimentConfig.train_file_pattern='{data}/train-*'",
       f"ExperimentConfig.eval_file_pattern='{data}/val-*'",

@@ -26,7 +26,6 @@ def _params(data):
   return [
       f"--gin_file={QUICKSTART}",
       f"--gin_param=TRAIN_STEPS={STEPS}",
-      "--gin_param=CROP_SIZE=(64, 64)",
       "--gin_param=ExperimentConfig.steps_per_loop=1",
       "--gin_param=ExperimentConfig.checkpoint_interval=2",
       "--gin_param=ExperimentConfig.train_batch_size=2",
