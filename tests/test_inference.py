@@ -20,6 +20,7 @@ from deeplab_panoptic import inference
 from deeplab_panoptic import main as main_lib
 from deeplab_panoptic.export import saved_model
 from deeplab_panoptic.training import experiment
+from tests import pictures
 
 QUICKSTART = "experiments/quickstart/kmax_deeplab_shapes.gin"
 PARAMS = [
@@ -39,14 +40,7 @@ SEED = 3
 
 
 def _picture(height: int, width: int, seed: int) -> np.ndarray:
-  """Smooth colour fields with a few discs: something for the model to split."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[:height, :width] / max(height, width)
-  image = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in rng.uniform(0, 3, 3)], -1)
-  for _ in range(4):
-    cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.1, 0.3)
-    image[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(-1, 1, 3)
-  return np.clip(127.5 * (image + 1), 0, 255).astype(np.uint8)
+  return pictures.disc_picture(height, width, seed, min_radius=0.1)
 
 
 pytestmark = pytest.mark.slow  # ~40 s alone on 2 cores: a build, an export, two loads.

@@ -17,19 +17,9 @@ from deeplab_panoptic import common
 from deeplab_panoptic import main as main_lib
 from deeplab_panoptic.export import saved_model
 from deeplab_panoptic.training import experiment
+from tests.pictures import disc_picture as _picture
 
 RECIPE = "experiments/quickstart/deeplabv3plus_shapes.gin"
-
-
-def _picture(height: int, width: int, seed: int) -> np.ndarray:
-  """uint8 [height, width, 3]: smooth colour fields with a few discs."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[:height, :width] / max(height, width)
-  image = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in rng.uniform(0, 3, 3)], -1)
-  for _ in range(4):
-    cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
-    image[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(-1, 1, 3)
-  return np.clip(127.5 * (image + 1), 0, 255).astype(np.uint8)
 
 
 def _reference(exp, module, image: np.ndarray) -> np.ndarray:
