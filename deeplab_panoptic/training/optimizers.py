@@ -186,14 +186,26 @@ class OptimizerGroup(tf.Module):
       multiplies the loss by it and divides the gradients by it; a step with
       non-finite gradients is skipped by both optimizers (the step counters still
       advance, as Keras' LossScaleOptimizer does).
+    global_clipnorm: optional maximum L2 norm of the whole model's gradient (all
+      variables of both groups together, after the replicas' gradients are summed):
+      PyTorch's ``clip_grad_norm_(model.parameters(), max_norm)``, which Deformable
+      DETR / Panoptic SegFormer (max_norm 0.1) and Mask2Former (detectron2's
+      ``CLIP_TYPE: full_model``, 0.01) clip with. ``make_optimizer``'s
+      ``clipnorm`` / ``global_clipnorm`` instead clip each group's gradients alone,
+      before the all-reduce.
   """
 
   def __init__(self, backbone_variables: List[tf.Variable],
                other_variables: List[tf.Variable],
                backbone_learning_rate_multiplier: float = 0.1,
-               loss_scale: Optional[DynamicLossScale] = None):
+               loss_scale: Optional[DynamicLossScale] = None,
+               global_clipnorm: Optional[float] = None):
     super().__init__(name="optimizer_group")
+    if global_clipnorm is not None and not global_clipnorm > 0:
+      raise ValueError("OptimizerGroup.global_clipnorm must be a positive number or None, "
+                       f"got {global_clipnorm!r}.")
     self.loss_scale = loss_scale
+    self.global_clipnorm = global_clipnorm
     self.learning_rate = learning_rate_schedule()
     self.main = make_optimizer(self.learning_rate)
     self.backbone = make_optimizer(
@@ -214,15 +226,21 @@ class OptimizerGroup(tf.Module):
 
   def apply_gradients(self, grads_and_vars) -> None:
     """Applies (unscaled) gradients; called in a replica context."""
-    if self.loss_scale is None:
+    if self.loss_scale is None and self.global_clipnorm is None:
       self._apply_split(list(grads_and_vars))
       return
     pairs = [(g, v) for g, v in grads_and_vars if g is not None]
     # All-reduce first, so every replica sees the same finiteness and all skip
-    # (or apply) the same step; the optimizers then skip their own aggregation.
+    # (or apply) the same step, and the clip sees the whole model's gradient;
+    # the optimizers then skip their own aggregation.
     pairs = list(self.main.aggregate_gradients(pairs))
     grads = [g for g, _ in pairs]
     variables = [v for _, v in pairs]
+    if self.global_clipnorm is not None:
+      grads = tf.clip_by_global_norm(grads, self.global_clipnorm)[0]
+    if self.loss_scale is None:
+      self._apply_split(list(zip(grads, variables)), skip_gradients_aggregation=True)
+      return
 
     def apply():
       self._apply_split(list(zip(grads, variables)), skip_gradients_aggregation=True)

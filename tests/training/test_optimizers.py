@@ -262,3 +262,45 @@ def test_optimizer_group_with_radam_lookahead():
   # Rank-1 variables are excluded from weight decay (through the wrapper).
   assert not group.main.inner_optimizer._use_weight_decay(other[1])
   assert group.main.inner_optimizer._use_weight_decay(other[0])
+
+
+def _sgd_group(**kwargs):
+  gin.clear_config()
+  try:
+    gin.parse_config("""
+        learning_rate_schedule.total_steps = 10
+        learning_rate_schedule.schedule = 'constant'
+        learning_rate_schedule.base_learning_rate = 1.0
+        make_optimizer.name = 'sgd'
+        make_optimizer.momentum = 0.0
+    """)
+    backbone = [tf.Variable([0.0, 0.0])]
+    other = [tf.Variable([[0.0], [0.0]])]
+    group = optimizers.OptimizerGroup(backbone, other, backbone_learning_rate_multiplier=1.0,
+                                      **kwargs)
+  finally:
+    gin.clear_config()
+  return group, backbone + other
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_global_clipnorm_clips_the_whole_model_gradient(jit_compile):
+  # Backbone gradient (3, 0), head gradient (0, 4): the whole gradient's norm is 5,
+  # so with max norm 1 both parts scale by 1/5 (per-group clipping would give
+  # (1, 0) and (0, 1)). SGD at rate 1 from zero: the weights are minus the update.
+  group, variables = _sgd_group(global_clipnorm=1.0)
+  grads = [tf.constant([3.0, 0.0]), tf.constant([[0.0], [4.0]])]
+  tf.function(lambda: group.apply_gradients(zip(grads, variables)),
+              jit_compile=jit_compile)()
+  np.testing.assert_allclose(variables[0].numpy(), [-0.6, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(variables[1].numpy(), [[0.0], [-0.8]], rtol=1e-6)
+  # Below the threshold nothing changes: norm 0.5 < 1.
+  group, variables = _sgd_group(global_clipnorm=1.0)
+  group.apply_gradients(zip([g / 10 for g in grads], variables))
+  np.testing.assert_allclose(variables[0].numpy(), [-0.3, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(variables[1].numpy(), [[0.0], [-0.4]], rtol=1e-6)
+
+
+def test_global_clipnorm_rejects_a_non_positive_value():
+  with pytest.raises(ValueError, match="OptimizerGroup.global_clipnorm must be a positive"):
+    _sgd_group(global_clipnorm=0.0)
