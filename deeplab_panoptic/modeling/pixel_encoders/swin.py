@@ -31,6 +31,7 @@ import tf_keras as keras
 
 from deeplab_panoptic.modeling import base
 from deeplab_panoptic.modeling.layers.drop_path import DropPath
+from deeplab_panoptic.modeling.layers.input_normalization import InputNormalization
 from deeplab_panoptic.modeling.layers.multi_head import check_head_widths
 
 # Widths, depths and heads of the released models (arXiv 2103.14030, Sec. 3.3).
@@ -237,13 +238,17 @@ class SwinEncoder(base.PixelEncoder):
       0.3 is Mask2Former's for every Swin (cfg.MODEL.SWIN.DROP_PATH_RATE in
       facebookresearch/Mask2Former mask2former/config.py).
     layer_norm_epsilon: of every LayerNorm (PyTorch's default, as the reference).
+    input_normalization: convert the [-1, 1] images to ImageNet-normalised ones
+      first (``InputNormalization``, values from gin), as the ImageNet and
+      Mask2Former weights were trained on.
   """
 
   def __init__(self, variant: str = "t", embed_dim: Optional[int] = None,
                depths: Optional[Sequence[int]] = None,
                num_heads: Optional[Sequence[int]] = None, window_size: int = 7,
                mlp_ratio: float = 4.0, drop_path_rate: float = 0.3,
-               layer_norm_epsilon: float = 1e-5, **kwargs):
+               layer_norm_epsilon: float = 1e-5, input_normalization: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     if variant not in VARIANTS:
       raise ValueError(f"SwinEncoder.variant must be one of {sorted(VARIANTS)}, "
@@ -258,6 +263,8 @@ class SwinEncoder(base.PixelEncoder):
     total = sum(depths)
     rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
     eps = layer_norm_epsilon
+    self.input_normalization = (InputNormalization(name="input_normalization")
+                                if input_normalization else None)
     self.patch_embed = PatchEmbed(embed_dim, eps, name="patch_embed")
     self.stages: List[List[SwinBlock]] = []
     self.downsamples: List[PatchMerging] = []
@@ -275,6 +282,8 @@ class SwinEncoder(base.PixelEncoder):
                             for i, d in enumerate(dims)}
 
   def call(self, images: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
+    if self.input_normalization is not None:
+      images = self.input_normalization(images)
     x = self.patch_embed(images)
     endpoints = {}
     for i, (blocks, norm) in enumerate(zip(self.stages, self.norms)):
