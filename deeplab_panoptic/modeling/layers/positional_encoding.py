@@ -51,7 +51,13 @@ def sine_positional_encoding(height: int, width: int, num_features: int = 128,
   return tf.constant(encoding.astype(np.float32))
 
 
-def level_positional_encodings(shapes: Sequence[Tuple[int, int]], dim: int) -> tf.Tensor:
-  """Sine encodings of every level, flattened and concatenated: ``[S, dim]``."""
-  return tf.concat([tf.reshape(sine_positional_encoding(h, w, dim // 2), [h * w, dim])
+def level_positional_encodings(shapes: Sequence[Tuple[int, int]], dim: int,
+                               offset: float = -0.5) -> tf.Tensor:
+  """Sine encodings of every level, flattened and concatenated: ``[S, dim]``.
+
+  ``offset`` as in :func:`sine_positional_encoding` (-0.5: Deformable DETR; 0:
+  Mask2Former's pixel decoder, which normalises the 1-based index itself).
+  """
+  return tf.concat([tf.reshape(sine_positional_encoding(h, w, dim // 2, offset=offset),
+                               [h * w, dim])
                     for h, w in shapes], axis=0)
