@@ -82,6 +82,10 @@ INSTANCE = "instance"                  # int32 [B, H, W] instance ids (0 for stu
 SEGMENT_CLASSES = "segment_classes"    # int32 [B, N] class of each mask slot (-1 if dropped).
 SEGMENT_SCORES = "segment_scores"      # float32 [B, N] class confidence of each slot.
 SEGMENT_AREAS = "segment_areas"        # int32 [B, N] pixels each slot holds in PANOPTIC.
+# Overlapping instances (Mask2Former's instance inference, postprocess/mask_results.py):
+INSTANCE_MASKS = "instance_masks"      # bool [B, H, W, K] binary mask of each of K instances.
+INSTANCE_CLASSES = "instance_classes"  # int32 [B, K] thing class of each instance.
+INSTANCE_SCORES = "instance_scores"    # float32 [B, K] class prob x mean mask prob inside.
 
 # ----------------------------------------------------------------------------
 # Loss names (also TensorBoard scalar names under "losses/").
@@ -98,3 +102,5 @@ LOSS_MASK_APPROXIMATION = "mask_approximation_loss"  # CMT eq. 13.
 LOSS_FOCAL_CLASS = "focal_class_loss"          # Panoptic SegFormer.
 LOSS_DICE = "dice_loss"                        # Panoptic SegFormer.
 LOSS_LOCATION = "location_loss"                # Panoptic SegFormer eq. 4.
+LOSS_CLASS_CE = "class_ce_loss"                # Mask2Former, "no object" weighted.
+LOSS_MASK_BCE = "mask_bce_loss"                # Mask2Former, on sampled points.

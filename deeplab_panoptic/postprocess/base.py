@@ -19,7 +19,12 @@ output (``B`` images, ``H x W`` the model input size, ``N`` mask slots):
 * ``semantic``: ``common.SEMANTIC`` int32 ``[B, H, W]`` train ids, ``ignore_label`` at void.
 * ``instance``: ``common.INSTANCE`` int32 ``[B, H, W]`` (0: no instance; instance
   ``k + 1`` is slot ``k``), ``common.SEGMENT_CLASSES`` and ``common.SEGMENT_SCORES``
-  ``[B, N]`` (the class and score of each slot's instance).
+  ``[B, N]`` (the class and score of each slot's instance): non-overlapping
+  instances read off a panoptic map.
+* ``instance_masks``: ``common.INSTANCE_MASKS`` bool ``[B, H, W, K]`` (``K``
+  instances that may overlap, channels last like the mask logits),
+  ``common.INSTANCE_CLASSES`` int32 and ``common.INSTANCE_SCORES`` float32
+  ``[B, K]`` (Mask2Former's instance inference, ``postprocess/mask_results.py``).
 """
 
 import abc
@@ -32,16 +37,21 @@ from deeplab_panoptic import common
 PANOPTIC = common.PANOPTIC
 SEMANTIC = common.SEMANTIC
 INSTANCE = common.INSTANCE
-RESULTS = (PANOPTIC, SEMANTIC, INSTANCE)
+INSTANCE_MASKS = common.INSTANCE_MASKS
+RESULTS = (PANOPTIC, SEMANTIC, INSTANCE, INSTANCE_MASKS)
 
 # The per-pixel maps of each result kind (restored to the original resolution by
-# the evaluator and the SavedModel) and its per-slot tensors.
+# the evaluator and the SavedModel), its stacks of binary masks ([B, H, W, K],
+# restored the same way) and its per-slot tensors.
 RESULT_MAPS = {PANOPTIC: (common.PANOPTIC,), SEMANTIC: (common.SEMANTIC,),
-               INSTANCE: (common.INSTANCE,)}
+               INSTANCE: (common.INSTANCE,), INSTANCE_MASKS: ()}
+RESULT_MASK_STACKS = {PANOPTIC: (), SEMANTIC: (), INSTANCE: (),
+                      INSTANCE_MASKS: (common.INSTANCE_MASKS,)}
 RESULT_SLOT_TENSORS = {
     PANOPTIC: (common.SEGMENT_CLASSES, common.SEGMENT_SCORES, common.SEGMENT_AREAS),
     SEMANTIC: (),
     INSTANCE: (common.SEGMENT_CLASSES, common.SEGMENT_SCORES),
+    INSTANCE_MASKS: (common.INSTANCE_CLASSES, common.INSTANCE_SCORES),
 }
 
 
@@ -64,6 +74,11 @@ def result_maps(results: Iterable[str]) -> List[str]:
   return [key for kind in RESULTS if kind in results for key in RESULT_MAPS[kind]]
 
 
+def result_mask_stacks(results: Iterable[str]) -> List[str]:
+  """The mask-stack output keys (bool ``[B, H, W, K]``) of ``results``."""
+  return [key for kind in RESULTS if kind in results for key in RESULT_MASK_STACKS[kind]]
+
+
 def result_slot_tensors(results: Iterable[str]) -> List[str]:
   """The per-slot output keys of ``results`` (each once), in :data:`RESULTS` order."""
   keys: List[str] = []
@@ -75,7 +90,7 @@ def result_slot_tensors(results: Iterable[str]) -> List[str]:
 
 def result_outputs(results: Iterable[str]) -> List[str]:
   """Every output key a postprocessor declaring ``results`` must return."""
-  return result_maps(results) + result_slot_tensors(results)
+  return result_maps(results) + result_mask_stacks(results) + result_slot_tensors(results)
 
 
 def map_void_values(results: Iterable[str], label_divisor: int,

@@ -74,6 +74,10 @@ class MaskWiseMergingPostprocessor(MaskClassificationPostprocessor):
     self._class_activation = class_activation
     self._min_area = int(min_area)
 
+  @property
+  def class_activation(self) -> str:
+    return self._class_activation
+
   def __call__(self, outputs: Dict[str, tf.Tensor],
                target_size: Tuple[int, int]) -> Dict[str, tf.Tensor]:
     """Computes the panoptic prediction.

@@ -206,6 +206,23 @@ class MaskClassificationPostprocessor(base.Postprocessor):
   def predicted_classes(self, outputs) -> int:
     return int(outputs[common.PRED_CLASS_LOGITS].shape[-1]) - 1
 
+  # How this inference reads the logits, so that the semantic and instance
+  # results of the same model (postprocess/mask_results.py) read them alike.
+  @property
+  def class_activation(self) -> str:
+    """"softmax" (over the num_classes + 1 logits, void dropped) or "sigmoid"."""
+    return "softmax"
+
+  @property
+  def mask_activation(self) -> str:
+    """"softmax" (over the N slots) or "sigmoid" (per slot)."""
+    return getattr(self, "_mask_activation", "sigmoid")
+
+  @property
+  def align_corners(self) -> bool:
+    """Whether the mask logits are resized with align_corners=True."""
+    return bool(getattr(self, "_align_corners", False))
+
 
 def panoptic_outputs(slot_map: tf.Tensor, classes: tf.Tensor, scores: tf.Tensor,
                      areas: tf.Tensor, slot_is_thing: tf.Tensor, survives: tf.Tensor,

@@ -47,29 +47,31 @@ def infer_at_input_size(model: keras.Model, postprocessor: Callable,
 
 
 def restore_original_resolution(maps: tf.Tensor, resized: tf.Tensor, original: tf.Tensor,
-                                void: Sequence[int]) -> tf.Tensor:
+                                void: Sequence[int], dtype: tf.DType = tf.int32) -> tf.Tensor:
   """Undoes the evaluation preprocessing (resize + bottom/right padding) of int maps.
 
   Nearest-neighbour resizing of integer maps involves no float arithmetic on the
   labels, so the result depends only on the sizes.
 
   Args:
-    maps: int32 ``[B, H, W, C]`` maps at the model input size (e.g. panoptic,
-      semantic, instance stacked on the last axis).
+    maps: int ``[B, H, W, C]`` maps at the model input size (e.g. panoptic,
+      semantic, instance stacked on the last axis; or ``K`` binary instance masks
+      as uint8, a quarter of the int32 memory).
     resized: int32 ``[B, 2]`` (height, width) of the valid region of each input;
       every entry must be >= 1.
     original: int32 ``[B, 2]`` original (height, width) of each image; >= 1.
     void: ``C`` values that fill each channel outside an image (the padding of a
       batch whose images differ in size).
+    dtype: the integer type of ``maps`` and of the result (int32 or uint8).
 
   Returns:
-    int32 ``[B, max original height, max original width, C]``: image ``b``'s maps in
-    ``[:original[b, 0], :original[b, 1]]``, ``void`` elsewhere.
+    ``dtype`` ``[B, max original height, max original width, C]``: image ``b``'s
+    maps in ``[:original[b, 0], :original[b, 1]]``, ``void`` elsewhere.
   """
-  maps = tf.convert_to_tensor(maps, tf.int32)
+  maps = tf.convert_to_tensor(maps, dtype)
   resized = tf.convert_to_tensor(resized, tf.int32)
   original = tf.convert_to_tensor(original, tf.int32)
-  void = tf.constant(list(void), tf.int32)
+  void = tf.constant(list(void), dtype)
   out_size = tf.reduce_max(original, axis=0)
 
   def restore(args):
@@ -83,4 +85,4 @@ def restore_original_resolution(maps: tf.Tensor, resized: tf.Tensor, original: t
     return tf.where(tf.logical_and(rows, cols)[..., tf.newaxis], padded, void)
 
   return tf.map_fn(restore, (maps, resized, original),
-                   fn_output_signature=tf.TensorSpec([None, None, None], tf.int32))
+                   fn_output_signature=tf.TensorSpec([None, None, None], dtype))
