@@ -252,7 +252,8 @@ class Experiment:
     others = [v for v in self.model.trainable_variables if id(v) not in ids]
     with self.strategy.scope():
       loss_scale = self.config.loss_scale() if self.precision == "float16" else None
-      return OptimizerGroup(backbone, others, loss_scale=loss_scale)
+      return OptimizerGroup(backbone, others, loss_scale=loss_scale,
+                            variable_paths=optimizers.variable_paths(self.model))
 
   def _loss(self):
     return self.config.loss()

@@ -8,6 +8,7 @@ variable-name strings.
 """
 
 import inspect
+import re
 from typing import Dict, List, Optional, Sequence
 
 import gin
@@ -113,9 +114,76 @@ def ema_enabled() -> bool:
                         .default))
 
 
-def _no_decay(variable: tf.Variable) -> bool:
-  """Norm scales/offsets, biases and embeddings (rank < 2) get no weight decay."""
+def _low_rank(variable: tf.Variable) -> bool:
+  """Norm scales/offsets and biases: rank < 2."""
   return variable.shape.rank is None or variable.shape.rank < 2
+
+
+# Keras' own tracking lists: a path through them names no attribute of a part.
+_TRACKING_ATTRIBUTES = frozenset(("_self_tracked_trackables", "_trainable_weights",
+                                  "_non_trainable_weights", "_layers"))
+
+
+def variable_paths(module: tf.Module) -> Dict[int, List[str]]:
+  """The attribute paths of each variable below ``module``, keyed by ``id``.
+
+  A weight that a part creates in its constructor has a bare ``variable.name``
+  (``level_embed:0`` in two different parts), so weight-decay patterns are
+  matched against the path of attributes that leads to it instead, e.g.
+  ``transformer_decoder/query_pos`` or ``pixel_encoder/stages/0/blocks/1/attn/
+  relative_position_bias_table`` (list indices are path components).
+
+  Args:
+    module: the model.
+
+  Returns:
+    ``{id(variable): [path, ...]}``, every path through named attributes.
+  """
+  paths: Dict[int, List[str]] = {}
+  # pylint: disable-next=protected-access
+  for path, variable in module._flatten(predicate=lambda x: isinstance(x, tf.Variable),
+                                        with_path=True):
+    if _TRACKING_ATTRIBUTES.isdisjoint(p for p in path if isinstance(p, str)):
+      paths.setdefault(id(variable), []).append("/".join(str(p) for p in path))
+  return paths
+
+
+def no_decay_variables(variables: Sequence[tf.Variable], patterns: Sequence[str],
+                       paths: Optional[Dict[int, List[str]]], decay_low_rank: bool,
+                       setting: str) -> List[tf.Variable]:
+  """The variables that get no weight decay.
+
+  Args:
+    variables: one optimizer's variables.
+    patterns: regular expressions; a variable any of whose paths (or, without a
+      path, whose ``name``) one of them ``re.search``-es gets no weight decay.
+    paths: ``variable_paths`` of the model, or None (names only).
+    decay_low_rank: False: every rank < 2 variable gets no decay either.
+    setting: the gin setting the patterns come from, for the error message.
+
+  Returns:
+    The excluded variables, in ``variables``' order.
+
+  Raises:
+    ValueError: a pattern is not a regular expression or matches none of
+      ``variables`` (a typo would otherwise decay what it meant to spare).
+  """
+  def names(v):
+    return (paths or {}).get(id(v)) or [v.name]
+
+  excluded = {id(v) for v in variables if not decay_low_rank and _low_rank(v)}
+  for pattern in patterns:
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"{setting}: {pattern!r} is not a regular expression ({e}).") from e
+    hits = [v for v in variables if any(regex.search(n) for n in names(v))]
+    if not hits:
+      example = names(variables[0])[0] if variables else "none"
+      raise ValueError(f"{setting}: {pattern!r} matches no variable of its group "
+                       f"({len(variables)} variables; paths look like {example!r}).")
+    excluded.update(id(v) for v in hits)
+  return [v for v in variables if id(v) in excluded]
 
 
 @gin.configurable
@@ -193,13 +261,31 @@ class OptimizerGroup(tf.Module):
       ``CLIP_TYPE: full_model``, 0.01) clip with. ``make_optimizer``'s
       ``clipnorm`` / ``global_clipnorm`` instead clip each group's gradients alone,
       before the all-reduce.
+    no_weight_decay_patterns: regular expressions naming the variables outside
+      the pixel encoder that get no weight decay (see ``no_decay_variables``),
+      matched against ``variable_paths`` (e.g. Mask2Former's
+      ``^transformer_decoder/(query_features|query_pos|level_embed)$``: its
+      ``nn.Embedding`` weights, detectron2's ``WEIGHT_DECAY_EMBED``). Each must
+      match at least one variable.
+    backbone_no_weight_decay_patterns: the same for the pixel encoder (Swin's
+      ``relative_position_bias_table``).
+    decay_low_rank_variables: False (default): every rank < 2 variable (norm
+      scales / offsets, biases) gets no weight decay. True: only the patterns
+      exclude; detectron2's optimizer (Mask2Former's ``train_net.py``) decays
+      biases and spares norms, which a pattern then names.
+    variable_paths: ``variable_paths(model)``, given by the experiment; without
+      it the patterns are matched against ``variable.name``.
   """
 
   def __init__(self, backbone_variables: List[tf.Variable],
                other_variables: List[tf.Variable],
                backbone_learning_rate_multiplier: float = 0.1,
                loss_scale: Optional[DynamicLossScale] = None,
-               global_clipnorm: Optional[float] = None):
+               global_clipnorm: Optional[float] = None,
+               no_weight_decay_patterns: Sequence[str] = (),
+               backbone_no_weight_decay_patterns: Sequence[str] = (),
+               decay_low_rank_variables: bool = False,
+               variable_paths: Optional[Dict[int, List[str]]] = None):
     super().__init__(name="optimizer_group")
     if global_clipnorm is not None and not global_clipnorm > 0:
       raise ValueError("OptimizerGroup.global_clipnorm must be a positive number or None, "
@@ -210,9 +296,15 @@ class OptimizerGroup(tf.Module):
     self.main = make_optimizer(self.learning_rate)
     self.backbone = make_optimizer(
         learning_rate_schedule(multiplier=backbone_learning_rate_multiplier))
-    for opt, variables in ((self.main, other_variables), (self.backbone, backbone_variables)):
+    groups = ((self.main, other_variables, no_weight_decay_patterns,
+               "OptimizerGroup.no_weight_decay_patterns"),
+              (self.backbone, backbone_variables, backbone_no_weight_decay_patterns,
+               "OptimizerGroup.backbone_no_weight_decay_patterns"))
+    for opt, variables, patterns, setting in groups:
+      excluded = no_decay_variables(variables, patterns, variable_paths,
+                                    decay_low_rank_variables, setting)
       if hasattr(opt, "exclude_from_weight_decay"):
-        opt.exclude_from_weight_decay(var_list=[v for v in variables if _no_decay(v)])
+        opt.exclude_from_weight_decay(var_list=excluded)
       opt.build(variables)
     self._backbone_ids = {id(v) for v in backbone_variables}
 

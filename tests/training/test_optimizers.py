@@ -304,3 +304,94 @@ def test_global_clipnorm_clips_the_whole_model_gradient(jit_compile):
 def test_global_clipnorm_rejects_a_non_positive_value():
   with pytest.raises(ValueError, match="OptimizerGroup.global_clipnorm must be a positive"):
     _sgd_group(global_clipnorm=0.0)
+
+
+class _Part(keras.layers.Layer):
+  """A part whose constructor creates a weight: its variable.name is bare."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.level_embed = self.add_weight("level_embed", shape=[2, 3], trainable=True,
+                                       initializer="ones")
+    self.dense = keras.layers.Dense(3, kernel_initializer="ones", bias_initializer="ones")
+
+  def call(self, x):
+    return self.dense(x) + tf.reduce_sum(self.level_embed)
+
+
+class _TwoParts(keras.Model):
+
+  def __init__(self):
+    super().__init__()
+    self.pixel_encoder = _Part()
+    self.transformer_decoder = _Part()
+    self.norm = keras.layers.LayerNormalization(gamma_initializer="ones",
+                                                beta_initializer="ones")
+
+  def call(self, x):
+    return self.norm(self.transformer_decoder(self.pixel_encoder(x)))
+
+
+def _adamw_group(model, **kwargs):
+  gin.clear_config()
+  try:
+    gin.parse_config("""
+        learning_rate_schedule.total_steps = 10
+        learning_rate_schedule.schedule = 'constant'
+        learning_rate_schedule.base_learning_rate = 0.5
+        make_optimizer.name = 'adamw'
+        make_optimizer.weight_decay = 0.2
+    """)
+    backbone = model.pixel_encoder.trainable_variables
+    others = model.transformer_decoder.trainable_variables + model.norm.trainable_variables
+    return optimizers.OptimizerGroup(backbone, others, backbone_learning_rate_multiplier=1.0,
+                                     variable_paths=optimizers.variable_paths(model),
+                                     **kwargs)
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("decay_low_rank", [False, True])
+def test_no_weight_decay_patterns_follow_attribute_paths(decay_low_rank):
+  model = _TwoParts()
+  model(tf.zeros([1, 3]))
+  # Both parts' embeddings are called "level_embed:0"; their paths differ.
+  assert model.pixel_encoder.level_embed.name == model.transformer_decoder.level_embed.name
+  paths = optimizers.variable_paths(model)
+  assert paths[id(model.transformer_decoder.level_embed)] == ["transformer_decoder/level_embed"]
+  group = _adamw_group(model, no_weight_decay_patterns=(
+      "^transformer_decoder/level_embed$", "^norm/gamma$"),
+                       decay_low_rank_variables=decay_low_rank)
+  variables = model.trainable_variables
+  # A zero gradient leaves only AdamW's decoupled decay: w <- w - lr * wd * w
+  # (Adam's step is 0 / (0 + eps) = 0), w = 1 everywhere, lr 0.5, wd 0.2: 0.9.
+  group.apply_gradients([(tf.zeros_like(v), v) for v in variables])
+  spared = {id(model.transformer_decoder.level_embed), id(model.norm.gamma)}
+  if not decay_low_rank:  # every bias and the norm's beta too
+    spared |= {id(v) for v in variables if v.shape.rank < 2}
+  for v in variables:
+    expected = 1.0 if id(v) in spared else 0.9
+    np.testing.assert_allclose(v.numpy(), np.full(v.shape, expected), rtol=1e-6,
+                               err_msg=paths[id(v)][0])
+  assert model.pixel_encoder.level_embed.numpy()[0, 0] == pytest.approx(0.9)
+  assert model.transformer_decoder.dense.bias.numpy()[0] == pytest.approx(
+      1.0 if not decay_low_rank else 0.9)
+
+
+def test_backbone_no_weight_decay_patterns_and_their_errors():
+  model = _TwoParts()
+  model(tf.zeros([1, 3]))
+  group = _adamw_group(model, backbone_no_weight_decay_patterns=("level_embed$",),
+                       decay_low_rank_variables=True)
+  variables = model.trainable_variables
+  group.apply_gradients([(tf.zeros_like(v), v) for v in variables])
+  assert model.pixel_encoder.level_embed.numpy()[0, 0] == pytest.approx(1.0)
+  assert model.transformer_decoder.level_embed.numpy()[0, 0] == pytest.approx(0.9)
+  # A pattern that names nothing in its group (here: a decoder weight given as a
+  # backbone pattern) or is not a regular expression is one clear error.
+  with pytest.raises(ValueError, match=r"OptimizerGroup.backbone_no_weight_decay_patterns: "
+                                       r"'\^transformer_decoder/' matches no variable"):
+    _adamw_group(model, backbone_no_weight_decay_patterns=("^transformer_decoder/",))
+  with pytest.raises(ValueError, match=r"OptimizerGroup.no_weight_decay_patterns: '\(' is "
+                                       "not a regular expression"):
+    _adamw_group(model, no_weight_decay_patterns=("(",))
