@@ -11,3 +11,4 @@ from deeplab_panoptic.losses import mask_losses
 from deeplab_panoptic.losses import cmt
 from deeplab_panoptic.losses import remax
 from deeplab_panoptic.losses import panoptic_segformer
+from deeplab_panoptic.losses import mask2former

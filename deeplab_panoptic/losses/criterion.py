@@ -150,13 +150,14 @@ class LossInputs:
   def __init__(self, batch: Mapping[str, Any], outputs: Mapping[str, Any],
                mask_activation: str, crowd_as_void: bool,
                mask_logit_transform: Optional["MaskLogitTransform"],
-               aux_weight: float = 1.0):
+               aux_weight: float = 1.0, mask_presence: str = "loss_size"):
     self.batch = batch
     self.outputs = outputs
     self.aux_weight = aux_weight
     self.mask_activation = mask_activation
     self.crowd_as_void = crowd_as_void
     self.mask_logit_transform = mask_logit_transform
+    self.mask_presence = mask_presence
     self._cache: Dict[Any, Any] = {}
 
   def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
@@ -206,7 +207,7 @@ class LossInputs:
         tf.cast(self.gt(common.GT_MASK_ID), tf.int32),
         tf.cast(self.gt(common.GT_CLASSES), tf.int32),
         self.gt(common.GT_IS_THING), self.gt_semantic, self.size,
-        self.num_classes, self.crowd_as_void)
+        self.num_classes, self.crowd_as_void, self.mask_presence)
 
   @property
   def stages(self) -> List[Stage]:
@@ -433,13 +434,18 @@ class Criterion:
     crowd_as_void: see `targets.prepare_mask_targets` (deeplab2: False).
     mask_logit_transform: optional `MaskLogitTransform` applied to each
       stage's mask logits (ReMaX's `ReMask`).
+    mask_presence: which ground-truth masks count (and are matched):
+      "loss_size", those with a pixel at the loss grid (deeplab2), or
+      "input_size", every mask of the input (Mask2Former, whose point-sampled
+      terms read the full-size masks); see `targets.prepare_mask_targets`.
   """
 
   def __init__(self, terms: Sequence[Union[LossTerm, StageLossTerm]] = (),
                matcher: Optional[HungarianMatcher] = None,
                aux_weight: float = 1.0, mask_activation: str = "softmax",
                crowd_as_void: bool = False,
-               mask_logit_transform: Optional[MaskLogitTransform] = None):
+               mask_logit_transform: Optional[MaskLogitTransform] = None,
+               mask_presence: str = "loss_size"):
     terms = list(terms)
     if not terms:
       raise ValueError("Criterion.terms is empty; bind the loss terms in gin "
@@ -458,6 +464,9 @@ class Criterion:
       raise ValueError(f"Criterion.mask_activation must be one of "
                        f"{targets_lib.MASK_ACTIVATIONS}, got "
                        f"{mask_activation!r}.")
+    if mask_presence not in targets_lib.MASK_PRESENCES:
+      raise ValueError(f"Criterion.mask_presence must be one of "
+                       f"{targets_lib.MASK_PRESENCES}, got {mask_presence!r}.")
     self.stage_terms = [t for t in terms if isinstance(t, StageLossTerm)]
     self.final_terms = [t for t in terms if isinstance(t, LossTerm)]
     self.matcher = matcher
@@ -465,13 +474,14 @@ class Criterion:
     self.mask_activation = mask_activation
     self.crowd_as_void = crowd_as_void
     self.mask_logit_transform = mask_logit_transform
+    self.mask_presence = mask_presence
 
   def inputs(self, batch: Mapping[str, Any],
              outputs: Mapping[str, Any]) -> LossInputs:
     """The shared, lazily computed view of one call's batch and outputs."""
     return LossInputs(batch, outputs, self.mask_activation,
                       self.crowd_as_void, self.mask_logit_transform,
-                      self.aux_weight)
+                      self.aux_weight, self.mask_presence)
 
   def match(self, batch: Mapping[str, Any],
             outputs: Mapping[str, Any]) -> Matching:

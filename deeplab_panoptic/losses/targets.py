@@ -12,6 +12,7 @@ import tensorflow as tf
 from deeplab_panoptic.ops import resize as resize_lib
 
 MASK_ACTIVATIONS = ("softmax", "sigmoid")
+MASK_PRESENCES = ("loss_size", "input_size")
 
 
 def require(mapping: Mapping[str, Any], key: str, where: str,
@@ -65,7 +66,8 @@ def prepare_mask_targets(gt_mask_id: tf.Tensor,
                          gt_semantic: tf.Tensor,
                          size: Tuple[int, int],
                          num_classes: int,
-                         crowd_as_void: bool = False) -> MaskTargets:
+                         crowd_as_void: bool = False,
+                         presence: str = "loss_size") -> MaskTargets:
   """Resizes the ground truth to the prediction size and one-hot encodes it.
 
   Args:
@@ -79,10 +81,18 @@ def prepare_mask_targets(gt_mask_id: tf.Tensor,
     crowd_as_void: if False (deeplab2), crowd pixels (a valid semantic class but
       no mask) still count as non-void, so predicted mask mass there lowers the
       Dice; if True, every pixel without a ground-truth mask is void.
+    presence: "loss_size": a mask counts as present when it keeps a pixel at
+      `size` (one that vanishes when resizing is dropped); "input_size": every
+      slot with a class is present (the data pipeline gives a class only to
+      slots with pixels at H x W), its mask at `size` possibly empty, for
+      terms that read the full-size ground truth (point-sampled losses).
 
   Returns:
     A `MaskTargets`.
   """
+  if presence not in MASK_PRESENCES:
+    raise ValueError(f"mask presence must be one of {MASK_PRESENCES}, got "
+                     f"{presence!r}.")
   num_masks = gt_classes.shape[-1]
   height, width = size
   mask_id = tf.reshape(resize_lib.resize_nearest(gt_mask_id, size),
@@ -91,7 +101,9 @@ def prepare_mask_targets(gt_mask_id: tf.Tensor,
   masks = tf.one_hot(mask_id, num_masks, dtype=tf.float32)
   area = tf.reduce_sum(masks, axis=1)
   # A mask that vanishes when resizing counts as absent, like an empty slot.
-  present = tf.logical_and(gt_classes >= 0, area > 0)
+  present = gt_classes >= 0
+  if presence == "loss_size":
+    present = tf.logical_and(present, area > 0)
   masks *= tf.cast(present, tf.float32)[:, tf.newaxis, :]
   has_mask = tf.reduce_sum(masks, axis=-1) > 0
   if crowd_as_void:
