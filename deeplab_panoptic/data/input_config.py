@@ -25,8 +25,9 @@ import tensorflow as tf
 
 # Training resize modes.
 RANDOM_SCALE = "random_scale"
+RANDOM_SCALE_OF_CROP = "random_scale_of_crop"
 RANDOM_SHORT_SIDE = "random_short_side"
-TRAIN_RESIZE_MODES = (RANDOM_SCALE, RANDOM_SHORT_SIDE)
+TRAIN_RESIZE_MODES = (RANDOM_SCALE, RANDOM_SCALE_OF_CROP, RANDOM_SHORT_SIDE)
 # Evaluation resize modes.
 FIT_SHRINK_ONLY = "fit_shrink_only"
 LONGER_SIDE_TO_CROP = "longer_side_to_crop"
@@ -98,12 +99,15 @@ class AugmentationConfig:
 
   Attributes:
     train_resize: ``random_scale`` (MaX / kMaX: factor ``min_scale +
-      k * scale_step`` up to ``max_scale``, uniform if ``scale_step`` is 0) or
-      ``random_short_side`` (Panoptic SegFormer: shorter side ``min_short_side
-      .. max_short_side`` by ``short_side_step``, longer side <=
-      ``max_long_side``); either is then flipped, padded to the crop size and
+      k * scale_step`` up to ``max_scale``, uniform if ``scale_step`` is 0),
+      ``random_scale_of_crop`` (large-scale jitter, Mask2Former's COCO
+      recipes: the same factor times the scale at which the image fits the
+      crop) or ``random_short_side`` (Panoptic SegFormer: shorter side
+      ``min_short_side .. max_short_side`` by ``short_side_step``, longer side
+      <= ``max_long_side``); each is then flipped, padded to the crop size and
       randomly cropped (a static shape).
-    min_scale, max_scale, scale_step: for ``random_scale``.
+    min_scale, max_scale, scale_step: for ``random_scale`` and
+      ``random_scale_of_crop``.
     min_short_side, max_short_side, short_side_step, max_long_side: for
       ``random_short_side``.
     flip_probability: horizontal-flip probability.

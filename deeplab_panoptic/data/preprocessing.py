@@ -45,6 +45,7 @@ IMAGE_PAD_VALUE = 127.5
 
 # The resize modes (defined with the settings that choose them).
 RANDOM_SCALE = input_config_lib.RANDOM_SCALE
+RANDOM_SCALE_OF_CROP = input_config_lib.RANDOM_SCALE_OF_CROP
 RANDOM_SHORT_SIDE = input_config_lib.RANDOM_SHORT_SIDE
 TRAIN_RESIZE_MODES = input_config_lib.TRAIN_RESIZE_MODES
 FIT_SHRINK_ONLY = input_config_lib.FIT_SHRINK_ONLY
@@ -88,17 +89,51 @@ def random_scale(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
   """
   if min_scale == max_scale == 1.0:
     return image, label
+  factor = _random_factor(seed, min_scale, max_scale, scale_step)
+  size = tf.cast(tf.shape(image)[:2], tf.float32) * factor
+  size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
+  return resize_ops.resize_image_and_label(image, label, size)
+
+
+def _random_factor(seed: tf.Tensor, min_scale: float, max_scale: float,
+                   scale_step: float) -> tf.Tensor:
+  """float32 scalar: ``min_scale + scale_step * k`` or uniform (step 0)."""
   if min_scale == max_scale:
-    factor = tf.constant(min_scale, tf.float32)
-  elif scale_step > 0:
+    return tf.constant(min_scale, tf.float32)
+  if scale_step > 0:
     num_steps = int(round((max_scale - min_scale) / scale_step))
     k = tf.random.stateless_uniform([], seed, minval=0, maxval=num_steps + 1,
                                     dtype=tf.int32)
-    factor = min_scale + scale_step * tf.cast(k, tf.float32)
-  else:
-    factor = tf.random.stateless_uniform([], seed, minval=min_scale, maxval=max_scale)
-  size = tf.cast(tf.shape(image)[:2], tf.float32) * factor
-  size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
+    return min_scale + scale_step * tf.cast(k, tf.float32)
+  return tf.random.stateless_uniform([], seed, minval=min_scale, maxval=max_scale)
+
+
+def random_scale_of_crop(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+                         min_scale: float, max_scale: float, scale_step: float,
+                         crop_size: Tuple[int, int]) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Large-scale jitter: a random factor of the size that fits the crop.
+
+  The image is resized by ``factor * min(crop_h / H, crop_w / W)`` with the
+  factor drawn as in :func:`random_scale`: at factor 1 it fits the crop with
+  one side touching it. This is the scale jitter of Ghiasi et al. (arXiv
+  2012.07177, Sec. 3) as detectron2's ``ResizeScale`` computes it (Mask2Former's
+  COCO recipes: factor 0.1-2.0 of 1024 x 1024); padding and the random crop
+  follow in :func:`augment_geometry`.
+
+  Args:
+    image: float32 [H, W, 3].
+    label: int32 [H, W, 1].
+    seed: int [2] stateless seed.
+    min_scale, max_scale, scale_step: the factor's range and step.
+    crop_size: (crop_h, crop_w).
+
+  Returns:
+    float32 [h, w, 3] and int32 [h, w, 1], ``h = round(H * scale)`` (at least 1).
+  """
+  factor = _random_factor(seed, min_scale, max_scale, scale_step)
+  fshape = tf.cast(tf.shape(image)[:2], tf.float32)
+  fit = tf.minimum(crop_size[0] / fshape[0], crop_size[1] / fshape[1])
+  size = tf.maximum(tf.cast(tf.round(fshape * (factor * fit)), tf.int32), 1)
   return resize_ops.resize_image_and_label(image, label, size)
 
 
@@ -518,7 +553,8 @@ def augment_geometry(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
     crop_size: (height, width) of the output.
     label_divisor, ignore_label: the dataset's.
     augmentation: its ``train_resize`` (``random_scale``, see
-      :func:`random_scale`, or ``random_short_side``, see
+      :func:`random_scale`, ``random_scale_of_crop``, see
+      :func:`random_scale_of_crop`, or ``random_short_side``, see
       :func:`random_short_side`) with that mode's settings, and its
       ``flip_probability``.
 
@@ -536,6 +572,9 @@ def augment_geometry(decoded: Dict[str, tf.Tensor], seed: tf.Tensor, *,
   if aug.train_resize == RANDOM_SCALE:
     image, label = random_scale(image, label, resize_seed, aug.min_scale, aug.max_scale,
                                 aug.scale_step)
+  elif aug.train_resize == RANDOM_SCALE_OF_CROP:
+    image, label = random_scale_of_crop(image, label, resize_seed, aug.min_scale,
+                                        aug.max_scale, aug.scale_step, crop_size)
   elif aug.train_resize == RANDOM_SHORT_SIDE:
     image, label = random_short_side(image, label, resize_seed, aug.min_short_side,
                                      aug.max_short_side, aug.short_side_step,

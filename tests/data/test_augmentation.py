@@ -175,6 +175,53 @@ def test_real_sample_short_side_resize_is_consistent(tmp_path):
     assert rw <= 400 and (rh in (200, 240, 280, 320) or rw == 400), (rh, rw)
 
 
+
+@pytest.mark.parametrize("shape", [(60, 100), (100, 60), (30, 20)])
+def test_random_scale_of_crop_sizes_by_hand(shape):
+  """Large-scale jitter: factor x the scale that fits the crop, hand-worked sizes."""
+  from deeplab_panoptic.data import preprocessing  # pylint: disable=import-outside-toplevel
+  image = tf.zeros(shape + (3,), tf.float32)
+  label = tf.zeros(shape + (1,), tf.int32)
+  crop = (64, 80)
+  fit = min(crop[0] / shape[0], crop[1] / shape[1])  # (60, 100): 0.8 (width touches)
+  expected = {tuple(int(np.floor(s * f * fit + 0.5)) for s in shape) for f in (0.5, 1.0, 1.5)}
+  seen = set()
+  for i in range(40):
+    out, out_label = preprocessing.random_scale_of_crop(
+        image, label, tf.constant([i, 7]), 0.5, 1.5, 0.5, crop)
+    seen.add(tuple(out.shape[:2]))
+    assert out_label.shape[:2] == out.shape[:2]
+  assert seen == expected, (seen, expected)
+  # Uniform factor (step 0, as detectron2's ResizeScale): the side that touches
+  # the crop at factor 1 lies in [0.1, 2.0] x its crop side.
+  touching = 0 if crop[0] / shape[0] <= crop[1] / shape[1] else 1
+  for i in range(20):
+    out, _ = preprocessing.random_scale_of_crop(image, label, tf.constant([i, 3]), 0.1,
+                                                2.0, 0.0, crop)
+    side = out.shape[touching]
+    assert 0.1 * crop[touching] - 1 <= side <= 2.0 * crop[touching] + 1, (i, out.shape)
+
+
+def test_augment_geometry_dispatches_random_scale_of_crop():
+  """The mode reaches the pipeline's geometry: at factor 1 a 60x100 image fits 64x80."""
+  from deeplab_panoptic.data import input_config  # pylint: disable=import-outside-toplevel
+  from deeplab_panoptic.data import preprocessing  # pylint: disable=import-outside-toplevel
+  decoded = {common.IMAGE: tf.fill([60, 100, 3], tf.constant(200, tf.uint8)),
+             common.GT_PANOPTIC: tf.fill([60, 100], 3 * 1000 + 1)}
+  sizes = {}
+  for mode in ("random_scale_of_crop", "random_scale"):
+    aug = input_config.AugmentationConfig(train_resize=mode, min_scale=1.0, max_scale=1.0,
+                                          flip_probability=0.0)
+    image, label, resized = preprocessing.augment_geometry(
+        decoded, tf.constant([1, 2]), crop_size=(64, 80), label_divisor=1000,
+        ignore_label=255, augmentation=aug)
+    sizes[mode] = tuple(resized.numpy())
+    assert image.shape == (64, 80, 3) and label.shape == (64, 80)
+  # Factor 1 of the fitting scale min(64 / 60, 80 / 100) = 0.8: 48 x 80. The
+  # plain random scale keeps 60 x 100, of which the 64 x 80 crop holds 60 x 80.
+  assert sizes == {"random_scale_of_crop": (48, 80), "random_scale": (60, 80)}
+
+
 def test_color_jitter_changes_only_the_image(tmp_path):
   path, info, _ = _shapes_records(tmp_path)
   common_args = dict(crop_size=(144, 128), min_scale=0.75, max_scale=1.0, scale_step=0.25,
