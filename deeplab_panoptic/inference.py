@@ -78,7 +78,8 @@ class Predictor:
 
     Returns:
       One dict per image, in order, with the declared maps at the image's own
-      size (``panoptic``, ``semantic``, ``instance``: int32 ``[H_i, W_i]``) and the
+      size (``panoptic``, ``semantic``, ``instance``: int32 ``[H_i, W_i]``;
+      ``instance_masks``: bool ``[H_i, W_i, K]``) and the
       per-slot arrays ``[N]`` (``segment_classes``, ``segment_scores``, and for a
       panoptic model ``segment_ids``, ``segment_areas``); see docs/deployment.md.
 
@@ -109,8 +110,9 @@ class Predictor:
       for key, value in outputs.items():
         if key in _REQUEST_OUTPUTS:
           continue
-        # Maps come back padded to the largest image: keep this image's part.
-        result[key] = value[i, :height, :width] if value.ndim == 3 else value[i]
+        # Maps ([B, H, W]) and mask stacks ([B, H, W, K]) come back padded to the
+        # largest image: keep this image's part.
+        result[key] = value[i, :height, :width] if value.ndim >= 3 else value[i]
       per_image.append(result)
     return per_image
 

@@ -1,11 +1,19 @@
-"""Instance AP of the thing segments of panoptic predictions, via pycocotools.
+"""Instance AP of thing segments or of overlapping instance masks, via pycocotools.
 
-As Panoptic SegFormer reports it ("AP from the panoptic output"): every thing
-segment of the panoptic prediction is a detection whose mask is the segment and
-whose score is the class confidence of its mask slot; the ground truth is the
-thing segments of the panoptic ground truth (crowd regions as ``iscrowd``
-annotations, which COCOeval ignores detections on). Void pixels carry no
-annotation. AP is COCO's mask AP@[.5:.95] (100 detections per image).
+The ground truth is the thing segments of the panoptic ground truth (crowd
+regions as ``iscrowd`` annotations, which COCOeval ignores detections on); void
+pixels carry no annotation. The detections are either
+
+* the thing segments of a panoptic prediction (:meth:`InstanceAP.update`), as
+  Panoptic SegFormer reports it ("AP from the panoptic output"): each segment's
+  score is the class confidence of its mask slot; or
+* overlapping instance masks with their classes and scores
+  (:meth:`InstanceAP.update_instances`; Mask2Former's instance inference,
+  ``postprocess/mask_results.py``).
+
+Detections become a COCO results list (:meth:`InstanceAP.coco_results`, RLE from
+``pycocotools.mask.encode``, what ``loadRes`` reads from a results JSON) that
+COCOeval scores: COCO's mask AP@[.5:.95], 100 detections per image.
 
 The state is per-image lists of run-length-encoded masks, so accumulators from
 replicas or hosts merge by concatenation; the result is computed once at the end.
@@ -13,7 +21,7 @@ replicas or hosts merge by concatenation; the result is computed once at the end
 
 import contextlib
 import io
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -104,27 +112,93 @@ class InstanceAP:
     if gt.shape != pred.shape or gt.ndim != 2:
       raise ValueError(f"InstanceAP.update: ground truth {gt.shape} and prediction "
                        f"{pred.shape} must both be [H, W].")
-    record: Dict[str, Any] = {"height": gt.shape[0], "width": gt.shape[1]}
-    for name, labels in (("gt", gt), ("pred", pred)):
-      ids, inverse, _ = panoptic_quality._index_labels(labels.reshape(-1))  # pylint: disable=protected-access
-      inverse = inverse.reshape(labels.shape)
-      classes = ids // self.label_divisor
-      thing = np.zeros(ids.size, bool)
-      known = (classes >= 0) & (classes < self.is_thing.size)
-      thing[known] = self.is_thing[classes[known]]
-      wanted = np.flatnonzero(thing)
-      rles = _encode(inverse, wanted)
-      if name == "gt":
-        record["gt"] = [(int(classes[k]), rle, int(ids[k] % self.label_divisor == 0))
-                        for k, rle in zip(wanted, rles)]
-      else:
-        missing = [int(ids[k]) for k in wanted if int(ids[k]) not in pred_scores]
-        if missing:
-          raise ValueError(f"InstanceAP.update: predicted thing labels {missing[:5]} "
-                           "have no score.")
-        record["pred"] = [(int(classes[k]), rle, float(pred_scores[int(ids[k])]))
-                          for k, rle in zip(wanted, rles)]
+    record = self._gt_record(gt)
+    ids, classes, wanted, rles = self._thing_segments(pred)
+    missing = [int(ids[k]) for k in wanted if int(ids[k]) not in pred_scores]
+    if missing:
+      raise ValueError(f"InstanceAP.update: predicted thing labels {missing[:5]} "
+                       "have no score.")
+    record["pred"] = [(int(classes[k]), rle, float(pred_scores[int(ids[k])]))
+                      for k, rle in zip(wanted, rles)]
     self.images.append(record)
+
+  def update_instances(self, gt_panoptic: npt.ArrayLike, masks: npt.ArrayLike,
+                       classes: npt.ArrayLike, scores: npt.ArrayLike,
+                       image_id: Any = None) -> None:
+    """Adds one image with overlapping instance masks.
+
+    Args:
+      gt_panoptic: int [H, W] ground-truth panoptic labels.
+      masks: bool [H, W, K] instance masks (``common.INSTANCE_MASKS``).
+      classes: int [K] train ids; instances with a class < 0 are skipped.
+      scores: float [K].
+      image_id: the image's id in :meth:`coco_results` (e.g. the COCO id from the
+        file name); None: its position.
+
+    Raises:
+      ValueError: on mismatched shapes.
+    """
+    gt = np.asarray(gt_panoptic).astype(np.int64, copy=False)
+    masks = np.asarray(masks)
+    classes = np.asarray(classes, np.int64).reshape(-1)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if (gt.ndim != 2 or masks.shape[:2] != gt.shape or masks.ndim != 3
+        or masks.shape[2] != classes.size or scores.size != classes.size):
+      raise ValueError(f"InstanceAP.update_instances: ground truth {gt.shape}, masks "
+                       f"{masks.shape}, classes {classes.shape} and scores {scores.shape} "
+                       "must be [H, W], [H, W, K], [K], [K].")
+    record = self._gt_record(gt)
+    keep = np.flatnonzero(classes >= 0)
+    rles = mask_utils.encode(np.asfortranarray(masks[:, :, keep].astype(np.uint8)))
+    record["pred"] = [(int(classes[k]), rle, float(scores[k])) for k, rle in zip(keep, rles)]
+    if image_id is not None:
+      record["image_id"] = image_id
+    self.images.append(record)
+
+  def _thing_segments(self, labels: np.ndarray):
+    """Ids, classes, thing-segment indices and their RLEs of a panoptic map."""
+    ids, inverse, _ = panoptic_quality._index_labels(labels.reshape(-1))  # pylint: disable=protected-access
+    inverse = inverse.reshape(labels.shape)
+    classes = ids // self.label_divisor
+    thing = np.zeros(ids.size, bool)
+    known = (classes >= 0) & (classes < self.is_thing.size)
+    thing[known] = self.is_thing[classes[known]]
+    wanted = np.flatnonzero(thing)
+    return ids, classes, wanted, _encode(inverse, wanted)
+
+  def _gt_record(self, gt: np.ndarray) -> Dict[str, Any]:
+    """An image's record with its ground-truth thing segments (class, RLE, crowd)."""
+    ids, classes, wanted, rles = self._thing_segments(gt)
+    return {"height": gt.shape[0], "width": gt.shape[1],
+            "gt": [(int(classes[k]), rle, int(ids[k] % self.label_divisor == 0))
+                   for k, rle in zip(wanted, rles)]}
+
+  def coco_results(self, category_ids: Optional[Mapping[int, int]] = None,
+                   given_image_ids: bool = True) -> List[Dict[str, Any]]:
+    """The detections as a COCO results list (the content of a results JSON).
+
+    Args:
+      category_ids: train id -> the dataset's category id; None: the train id.
+      given_image_ids: use the ``image_id`` given to :meth:`update_instances`
+        where there is one; else (and False) the image's position (from 1).
+
+    Returns:
+      ``[{"image_id", "category_id", "segmentation": {"size", "counts": str},
+      "score"}]``.
+    """
+    results = []
+    for position, record in enumerate(self.images, start=1):
+      image_id = record.get("image_id", position) if given_image_ids else position
+      for cls, rle, score in record["pred"]:
+        counts = rle["counts"]
+        results.append({
+            "image_id": image_id,
+            "category_id": int(category_ids[cls]) if category_ids is not None else cls,
+            "segmentation": {"size": list(rle["size"]),
+                             "counts": counts.decode("ascii")
+                                       if isinstance(counts, bytes) else counts},
+            "score": score})
+    return results
 
   def state(self) -> Dict[str, List[Dict[str, Any]]]:
     """``{"images": [...]}``: per-image RLE masks (merge by concatenation)."""
@@ -156,16 +230,15 @@ class InstanceAP:
       undefined (no ground-truth thing instance), 0 without any detection.
     """
     thing_ids = np.flatnonzero(self.is_thing).tolist()
-    images, gt_anns, dt_anns = [], [], []
+    images, gt_anns = [], []
+    # Scored with positions as image ids: given ids may repeat or mix types.
     for image_id, record in enumerate(self.images, start=1):
       images.append({"id": image_id, "height": record["height"], "width": record["width"]})
       for cls, rle, crowd in record["gt"]:
         gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": cls,
                         "segmentation": rle, "area": float(mask_utils.area(rle)),
                         "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": crowd})
-      for cls, rle, score in record["pred"]:
-        dt_anns.append({"image_id": image_id, "category_id": cls, "segmentation": rle,
-                        "score": score})
+    dt_anns = self.coco_results(given_image_ids=False)
     has_gt = any(not a["iscrowd"] for a in gt_anns)
     if not has_gt or not dt_anns:
       value = 0.0 if has_gt else -1.0

@@ -23,6 +23,7 @@ from deeplab_panoptic.evaluation.semantic_iou import MeanIoU
 PANOPTIC = common.PANOPTIC
 SEMANTIC = common.SEMANTIC
 INSTANCE = common.INSTANCE
+INSTANCE_MASKS = common.INSTANCE_MASKS
 
 
 def scores_from_slots(pred_panoptic: np.ndarray, segment_scores: npt.ArrayLike,
@@ -111,10 +112,10 @@ class SegmentationMetrics:
         the dataset has things.
     """
     self.results = frozenset(results)
-    unknown = sorted(self.results - {PANOPTIC, SEMANTIC, INSTANCE})
+    unknown = sorted(self.results - {PANOPTIC, SEMANTIC, INSTANCE, INSTANCE_MASKS})
     if unknown or not self.results:
       raise ValueError(f"SegmentationMetrics: results {sorted(self.results)}; use a "
-                       "non-empty subset of panoptic, semantic, instance.")
+                       "non-empty subset of panoptic, semantic, instance, instance_masks.")
     self.is_thing = np.asarray(is_thing, bool)
     self.label_divisor = int(label_divisor)
     self.ignore_label = int(ignore_label)
@@ -124,7 +125,7 @@ class SegmentationMetrics:
     if compute_ap is None:
       compute_ap = bool(np.any(self.is_thing))
     self.ap = None
-    if compute_ap and INSTANCE in self.results:
+    if compute_ap and self.results & {INSTANCE, INSTANCE_MASKS}:
       # pycocotools is imported only when AP is wanted.
       from deeplab_panoptic.evaluation.instance_ap import InstanceAP  # pylint: disable=g-import-not-at-top
       self.ap = InstanceAP(is_thing, label_divisor, ignore_label)
@@ -138,15 +139,19 @@ class SegmentationMetrics:
     for part in self._parts().values():
       part.reset()
 
-  def update(self, gt_panoptic: npt.ArrayLike, predictions: Mapping[str, npt.ArrayLike]
-             ) -> None:
+  def update(self, gt_panoptic: npt.ArrayLike, predictions: Mapping[str, npt.ArrayLike],
+             image_ids: Optional[Sequence[Any]] = None) -> None:
     """Accumulates one image (maps ``[H, W]``, per-slot ``[N]``) or a batch.
 
     Args:
       gt_panoptic: int [H, W] or [B, H, W] ground-truth panoptic labels.
       predictions: the postprocessor's results at the same resolution:
-        ``common.PANOPTIC`` (for PQ), ``common.SEMANTIC`` (for mIoU),
-        ``common.INSTANCE`` with ``SEGMENT_CLASSES`` and ``SEGMENT_SCORES`` (for AP).
+        ``common.PANOPTIC`` (for PQ), ``common.SEMANTIC`` (for mIoU); for AP
+        ``common.INSTANCE_MASKS`` ``[(B,) H, W, K]`` with ``INSTANCE_CLASSES`` and
+        ``INSTANCE_SCORES`` when ``instance_masks`` is declared, else
+        ``common.INSTANCE`` with ``SEGMENT_CLASSES`` and ``SEGMENT_SCORES``.
+      image_ids: per image, its id in the COCO results list of the instance
+        masks (``InstanceAP.coco_results``); None: positions.
 
     Raises:
       ValueError: on a missing result, inconsistent shapes or labels.
@@ -168,16 +173,28 @@ class SegmentationMetrics:
       if key in arrays and arrays[key].shape != gt.shape:
         raise ValueError(f"SegmentationMetrics.update: ground truth {gt.shape} and "
                          f"{key} {arrays[key].shape} differ in shape.")
+    if INSTANCE_MASKS in arrays and arrays[INSTANCE_MASKS].shape[:3] != gt.shape:
+      raise ValueError(f"SegmentationMetrics.update: ground truth {gt.shape} and "
+                       f"{INSTANCE_MASKS} {arrays[INSTANCE_MASKS].shape} differ in size.")
     if self.pq is not None:
       self.pq.update(gt, arrays[PANOPTIC])
     if self.miou is not None:
       self.miou.update(gt // self.label_divisor, arrays[SEMANTIC])
-    if self.ap is not None:
+    if self.ap is not None and INSTANCE_MASKS in self.results:
+      for i in range(gt.shape[0]):
+        self.ap.update_instances(
+            gt[i], arrays[INSTANCE_MASKS][i], arrays[common.INSTANCE_CLASSES][i],
+            arrays[common.INSTANCE_SCORES][i],
+            None if image_ids is None else list(image_ids)[i])
+    elif self.ap is not None:
       self._update_ap(gt, arrays)
 
   def _needed_keys(self):
     keys = [k for k, part in ((PANOPTIC, self.pq), (SEMANTIC, self.miou)) if part is not None]
-    if self.ap is not None:
+    if self.ap is not None and INSTANCE_MASKS in self.results:
+      # Overlapping instance masks, when declared, are what AP scores.
+      keys += [INSTANCE_MASKS, common.INSTANCE_CLASSES, common.INSTANCE_SCORES]
+    elif self.ap is not None:
       # Thing instances are read from the panoptic map when there is one (thing
       # instance k + 1 is slot k in both), else from the instance map.
       keys += [] if PANOPTIC in self.results else [INSTANCE, common.SEGMENT_CLASSES]
@@ -226,7 +243,7 @@ class SegmentationMetrics:
       result["PQ"] = self.pq.result()
     if self.miou is not None:
       result["mIoU"] = self.miou.result()["miou"]
-    if INSTANCE in self.results:
+    if self.results & {INSTANCE, INSTANCE_MASKS}:
       result["AP"] = self.ap.result(per_class=True) if self.ap is not None else None
     return result
 

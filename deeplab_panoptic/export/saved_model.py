@@ -14,6 +14,16 @@ Signatures (every one returns the same outputs, see :class:`PanopticExportModule
   and ``image_sizes`` int32 ``[batch, 2]``, each image's (height, width). What
   ``deeplab_panoptic.load(...).predict`` sends.
 
+One more signature returns the model's raw outputs instead (see
+:meth:`PanopticExportModule.serve_logits`):
+
+* ``serve_logits``: ``images`` uint8 ``[batch, height, width, 3]`` (one size) ->
+  the model outputs the postprocessor reads (``pred_class_logits``
+  ``[batch, N, num_classes + 1]`` and ``pred_mask_logits`` ``[batch, h, w, N]`` for
+  a mask transformer, ``pred_semantic_logits`` for a per-pixel model), float32,
+  over the padded model input, with ``resized_height`` / ``resized_width`` (the
+  image's part of it) and ``original_height`` / ``original_width``.
+
 When the images of a request differ in size, the maps are returned padded
 bottom/right with void to the largest height and width of the request, and
 ``original_height`` / ``original_width`` say which part belongs to each image.
@@ -49,12 +59,14 @@ SERVING_DEFAULT = "serving_default"
 SERVE_ENCODED_IMAGES = "serve_encoded_images"
 SERVE_TF_EXAMPLE = "serve_tf_example"
 SERVE_PADDED_BATCH = "serve_padded_batch"
+SERVE_LOGITS = "serve_logits"
 # Signature name -> its input name (or names).
 SIGNATURE_INPUTS = {
     SERVING_DEFAULT: "images",
     SERVE_ENCODED_IMAGES: "encoded_images",
     SERVE_TF_EXAMPLE: "serialized_examples",
     SERVE_PADDED_BATCH: ("images", "image_sizes"),
+    SERVE_LOGITS: "images",
 }
 EXPORT_INFO_FILE = os.path.join("assets.extra", "export_info.json")
 
@@ -188,7 +200,7 @@ class PanopticExportModule(tf.Module):
     """Signature name -> concrete function, as ``tf.saved_model.save`` takes them."""
     return {SERVING_DEFAULT: self.serve, SERVE_ENCODED_IMAGES: self.serve_encoded_images,
             SERVE_TF_EXAMPLE: self.serve_tf_example,
-            SERVE_PADDED_BATCH: self.serve_padded_batch}
+            SERVE_PADDED_BATCH: self.serve_padded_batch, SERVE_LOGITS: self.serve_logits}
 
   # ------------------------------------------------------------------ signatures
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
@@ -237,6 +249,27 @@ class PanopticExportModule(tf.Module):
       image, size = element
       return image[:size[0], :size[1]]
     return self._predict_each((images, image_sizes), crop)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+  def serve_logits(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """uint8 ``[B, H, W, 3]`` -> the raw model outputs the postprocessor reads.
+
+    Returns:
+      Each key of the postprocessor's ``required_outputs`` (e.g.
+      ``pred_class_logits`` ``[B, N, C + 1]``, ``pred_mask_logits`` ``[B, h, w, N]``)
+      float32, computed on the padded model input ``input_size``; and int32 ``[B]``
+      ``resized_height`` / ``resized_width`` (the image's part of that input) and
+      ``original_height`` / ``original_width``.
+    """
+    batch = tf.shape(images)[0]
+    inputs, (rh, rw) = fit_and_pad(images, self.input_size, *self._resize)
+    outputs = resolution.model_outputs(self.model, inputs)
+    result = {key: outputs[key] for key in self.postprocessor.required_outputs}
+    result[common.RESIZED_HEIGHT] = tf.fill([batch], rh)
+    result[common.RESIZED_WIDTH] = tf.fill([batch], rw)
+    result[common.ORIGINAL_HEIGHT] = tf.fill([batch], tf.shape(images)[1])
+    result[common.ORIGINAL_WIDTH] = tf.fill([batch], tf.shape(images)[2])
+    return result
 
   @tf.function(input_signature=[])
   def export_info(self) -> tf.Tensor:
@@ -287,6 +320,11 @@ class PanopticExportModule(tf.Module):
     maps = resolution.restore_original_resolution(
         maps, resized, original, void=[voids[key] for key in map_keys])
     outputs = {key: maps[..., c] for c, key in enumerate(map_keys)}
+    for key in postprocess_base.result_mask_stacks(self.results):
+      stack = tf.cast(predictions[key], tf.uint8)                      # [B, H, W, K]
+      stack = resolution.restore_original_resolution(
+          stack, resized, original, void=[0] * stack.shape[-1], dtype=tf.uint8)
+      outputs[key] = tf.cast(stack, tf.bool)
     outputs.update({key: predictions[key]
                     for key in postprocess_base.result_slot_tensors(self.results)})
     if postprocess_base.PANOPTIC in self.results:

@@ -19,6 +19,25 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+def model_outputs(model: keras.Model, inputs: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """The model's inference outputs, floating ones cast to float32.
+
+  Args:
+    model: the model.
+    inputs: float32 ``[B, H, W, 3]`` normalised, padded model inputs.
+
+  Returns:
+    The model's output dict (``common.PRED_*``).
+  """
+  outputs = model(inputs, training=False)
+  # Under a mixed-precision policy the model computes in bfloat16 / float16; the
+  # softmaxes and thresholds of the postprocessor run in float32.
+  return tf.nest.map_structure(
+      lambda t: tf.cast(t, tf.float32)
+      if isinstance(t, tf.Tensor) and t.dtype.is_floating and t.dtype != tf.float32 else t,
+      outputs)
+
+
 def infer_at_input_size(model: keras.Model, postprocessor: Callable,
                         inputs: tf.Tensor) -> Dict[str, tf.Tensor]:
   """Runs the model in inference mode and its postprocessor at the input size.
@@ -36,14 +55,7 @@ def infer_at_input_size(model: keras.Model, postprocessor: Callable,
     The postprocessor's dict, maps at ``(H, W)``.
   """
   size = (int(inputs.shape[1]), int(inputs.shape[2]))
-  outputs = model(inputs, training=False)
-  # Under a mixed-precision policy the model computes in bfloat16 / float16; the
-  # softmaxes and thresholds of the postprocessor run in float32.
-  outputs = tf.nest.map_structure(
-      lambda t: tf.cast(t, tf.float32)
-      if isinstance(t, tf.Tensor) and t.dtype.is_floating and t.dtype != tf.float32 else t,
-      outputs)
-  return postprocessor(outputs, size)
+  return postprocessor(model_outputs(model, inputs), size)
 
 
 def restore_original_resolution(maps: tf.Tensor, resized: tf.Tensor, original: tf.Tensor,

@@ -8,7 +8,11 @@ evaluation scores exactly the maps a served model returns) and feeds
 results the postprocessor declares (``postprocess/base.py``): exact PQ with
 panopticapi semantics for ``panoptic``, mIoU for ``semantic``, mask AP for
 ``instance`` (when the dataset has things). ``results.json`` and TensorBoard get
-the keys of those metrics only. With ``PanopticEvaluator.write_predictions = True``
+the keys of those metrics only. A postprocessor that declares ``instance_masks``
+(overlapping instances, ``postprocess/mask_results.py``) has its instances written
+as a COCO results JSON, ``<model_dir>/eval/instance_results.json`` (RLE masks, the
+dataset's category ids, image ids from the file names), which is what the AP
+scores. With ``PanopticEvaluator.write_predictions = True``
 (gin) panoptic predictions are also written in COCO panoptic format under
 ``<model_dir>/eval/predictions/`` (``panoptic/*.png`` + ``panoptic.json``), ready
 for ``coco_pq`` or a server.
@@ -29,6 +33,7 @@ from absl import logging
 from deeplab_panoptic import common
 from deeplab_panoptic.data import inspect as inspect_lib
 from deeplab_panoptic.data.dataset_info import DatasetInfo
+from deeplab_panoptic.data import coco_panoptic
 from deeplab_panoptic.data.coco_panoptic import CocoPanopticWriter
 from deeplab_panoptic.evaluation import tables
 from deeplab_panoptic.evaluation.metrics import SegmentationMetrics
@@ -77,6 +82,10 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     progress_bar: show a progress bar (tqdm, on stderr) while evaluating.
     print_per_class: print the per-class table (``evaluation/tables.py``) after
       each evaluation.
+    write_instance_results: for a postprocessor declaring ``instance_masks``,
+      write the COCO results JSON ``<model_dir>/eval/instance_results.json``
+      (replaced at every evaluation; ``results.json`` names it under
+      ``instance_results_json``). Needs ``common.IMAGE_NAME`` in the eval batches.
   """
 
   def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
@@ -85,7 +94,7 @@ class PanopticEvaluator(orbit.StandardEvaluator):
                compute_ap: Optional[bool] = None, num_summary_images: int = 3,
                keep_predictions: bool = False, ema: Optional[ema_lib.EmaWeights] = None,
                num_images: Optional[int] = None, progress_bar: bool = True,
-               print_per_class: bool = True):
+               print_per_class: bool = True, write_instance_results: bool = True):
     self.strategy = strategy
     self.ema = ema
     self.num_images = num_images
@@ -98,6 +107,8 @@ class PanopticEvaluator(orbit.StandardEvaluator):
                                                   postprocessor.results)
     self._maps = postprocess_base.result_maps(self.results)
     self._slot_tensors = postprocess_base.result_slot_tensors(self.results)
+    self._masks = postprocess_base.result_mask_stacks(self.results)
+    self.write_instance_results = bool(write_instance_results) and bool(self._masks)
     if write_predictions and postprocess_base.PANOPTIC not in self.results:
       raise ValueError("PanopticEvaluator.write_predictions writes COCO panoptic files, "
                        f"but {type(postprocessor).__name__} declares {sorted(self.results)}.")
@@ -160,6 +171,8 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       return {
           **extra,
           **{key: predictions[key] for key in self._maps + self._slot_tensors},
+          # bool masks travel as uint8: what the host-side restore resizes.
+          **{key: tf.cast(predictions[key], tf.uint8) for key in self._masks},
           "gt": batch[common.GT_PANOPTIC_ORIGINAL],
           "resized_height": batch[common.RESIZED_HEIGHT],
           "resized_width": batch[common.RESIZED_WIDTH],
@@ -169,9 +182,10 @@ class PanopticEvaluator(orbit.StandardEvaluator):
     batch = next(iterator)
     tensors = {k: v for k, v in batch.items() if k != common.IMAGE_NAME}
     outputs = self.strategy.run(step_fn, args=(tensors,))
-    if self.write_predictions or self.keep_predictions:
+    if self.write_predictions or self.keep_predictions or self.write_instance_results:
       if common.IMAGE_NAME not in batch:
-        raise ValueError("PanopticEvaluator.write_predictions / keep_predictions need "
+        raise ValueError("PanopticEvaluator.write_predictions / keep_predictions / "
+                         "write_instance_results need "
                          f"{common.IMAGE_NAME!r} in the eval batches.")
       # Strings stay outside the replica function (TPUs hold no strings).
       outputs = dict(outputs, image_name=batch[common.IMAGE_NAME])
@@ -200,15 +214,29 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       with tf.device("/CPU:0"):
         maps = _restore(maps.astype(np.int32), resized, original,
                         [voids[key] for key in self._maps]).numpy()
+      masks = self._restore_masks(arrays, keep, resized, original)
       for j, i in enumerate(keep):
         oh, ow = original[j]
         image_maps = {key: maps[j, :oh, :ow, c] for c, key in enumerate(self._maps)}
+        image_masks = {key: masks[key][j, :oh, :ow].astype(bool) for key in self._masks}
         self._add_image(state, arrays, i, image_maps, arrays["gt"][i][:oh, :ow],
-                        (resized[j], (oh, ow)))
+                        (resized[j], (oh, ow)), image_masks)
     return state
 
+  def _restore_masks(self, arrays: Dict[str, np.ndarray], keep: np.ndarray,
+                     resized: np.ndarray, original: np.ndarray) -> Dict[str, np.ndarray]:
+    """The declared mask stacks uint8 ``[b, H, W, K]`` -> the original resolution."""
+    restored = {}
+    for key in self._masks:
+      stack = arrays[key][keep]
+      with tf.device("/CPU:0"):
+        restored[key] = _restore(stack, resized, original, [0] * stack.shape[-1],
+                                 tf.uint8).numpy()
+    return restored
+
   def _add_image(self, state: SegmentationMetrics, arrays: Dict[str, np.ndarray], i: int,
-                 image_maps: Dict[str, np.ndarray], gt: np.ndarray, sizes) -> None:
+                 image_maps: Dict[str, np.ndarray], gt: np.ndarray, sizes,
+                 image_masks: Dict[str, np.ndarray]) -> None:
     """Scores image ``i`` of a replica's batch and keeps / writes / pictures it.
 
     Args:
@@ -218,9 +246,14 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       image_maps: declared map key -> int ``[H0, W0]`` at the original resolution.
       gt: int ``[H0, W0]`` ground-truth panoptic labels.
       sizes: ((resized h, w), (H0, W0)).
+      image_masks: declared mask-stack key -> bool ``[H0, W0, K]``.
     """
-    predictions = dict(image_maps, **{key: arrays[key][i] for key in self._slot_tensors})
-    state.update(gt, predictions)
+    predictions = dict(image_maps, **image_masks,
+                       **{key: arrays[key][i] for key in self._slot_tensors})
+    image_ids = None
+    if self.write_instance_results:
+      image_ids = [coco_panoptic.image_id_from_name(self._name(arrays, i))]
+    state.update(gt, predictions, image_ids=image_ids)
     shown = self._shown_map(image_maps)
     if self.keep_predictions:
       self.predictions[self._name(arrays, i)] = shown
@@ -324,6 +357,11 @@ class PanopticEvaluator(orbit.StandardEvaluator):
       path = self._writer.close()
       summary["predictions_json"] = path
       self._writer = None
+    if self.write_instance_results and state.ap is not None:
+      path = os.path.join(self.model_dir, "eval", "instance_results.json")
+      files.write_json_atomic(path, state.ap.coco_results(
+          self.info.dataset_id_from_train_id()), indent=None)
+      summary["instance_results_json"] = path
     files.write_json_atomic(os.path.join(self.model_dir, "eval", "results.json"), summary)
     self._write_image_summaries(step)
     self.last_results = summary
