@@ -298,7 +298,8 @@ def from_spec(name: str, categories: Sequence[dict], source: str) -> DatasetInfo
 def dataset_info(name: str = gin.REQUIRED, categories_json: Optional[str] = None,
                  label_divisor: Optional[int] = None,
                  ignore_label: Optional[int] = None,
-                 data_dir: Optional[str] = None) -> DatasetInfo:
+                 data_dir: Optional[str] = None,
+                 all_stuff: bool = False) -> DatasetInfo:
   """Returns the description of a dataset, selected from gin.
 
   Args:
@@ -317,10 +318,27 @@ def dataset_info(name: str = gin.REQUIRED, categories_json: Optional[str] = None
     ignore_label: ignore label of a custom dataset (default: the file's, else 255).
     data_dir: the dataset folder (``%DATA_DIR``): a bare ``categories_json`` file
       name is read there (``utils/data_paths.py``).
+    all_stuff: read every class as stuff, so the instances of a thing class
+      form one ground-truth mask per class and image: the targets of semantic
+      training of mask transformers (MaskFormer / Mask2Former's semantic
+      dataset mapper makes one mask per class of the semantic map;
+      facebookresearch/Mask2Former mask2former/data/dataset_mappers/
+      mask_former_semantic_dataset_mapper.py), from panoptic records. Crowd
+      pixels join their class's mask. No instance results then.
 
   Raises:
     ValueError: for an unknown name, or a file that does not match.
   """
+  info = _described(name, categories_json, label_divisor, ignore_label, data_dir)
+  if not all_stuff:
+    return info
+  return dataclasses.replace(info, classes=tuple(
+      dataclasses.replace(c, is_thing=False) for c in info.classes))
+
+
+def _described(name: str, categories_json: Optional[str], label_divisor: Optional[int],
+               ignore_label: Optional[int], data_dir: Optional[str]) -> DatasetInfo:
+  """The description ``dataset_info`` returns, before ``all_stuff``."""
   categories_json = data_paths.under_data_dir(categories_json, data_dir)
   if name in _CATEGORIES_SPECS:
     if not categories_json:

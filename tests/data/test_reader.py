@@ -239,6 +239,33 @@ def test_mask_overflow_keeps_the_largest():
                                 (semantic != INFO.ignore_label).astype(np.float32))
 
 
+
+def test_all_stuff_gives_one_mask_per_class():
+  """dataset_info(all_stuff=True): semantic-training targets, one mask per class."""
+  info = dataset_info.dataset_info(name="shapes", all_stuff=True)
+  assert [c.name for c in info.classes] == [c.name for c in INFO.classes]
+  assert not any(info.is_thing) and any(INFO.is_thing)
+  d = INFO.label_divisor
+  panoptic = np.full((6, 6), 3 * d, np.int32)        # sky
+  panoptic[0:2, 0:2] = 0 * d + 1                     # circle 1
+  panoptic[3:5, 3:5] = 0 * d + 2                     # circle 2
+  panoptic[5, 0:2] = 0 * d + 0                       # crowd circle
+  panoptic[5, 5] = VOID
+  targets = preprocessing.panoptic_to_targets(
+      tf.constant(panoptic), d, info.ignore_label, info.is_thing, max_num_masks=4)
+  # By hand: slot 0 = every circle pixel (both instances and the crowd), slot 1
+  # = sky; void in none. The panoptic description keeps two circle masks and
+  # leaves the crowd out.
+  expected = np.where(panoptic // d == 0, 0, 1)
+  expected[5, 5] = -1
+  np.testing.assert_array_equal(targets[common.GT_MASK_ID].numpy(), expected)
+  np.testing.assert_array_equal(targets[common.GT_CLASSES].numpy(), [0, 3, -1, -1])
+  assert not targets[common.GT_IS_THING].numpy().any()
+  assert not targets[common.GT_CROWD].numpy().any()
+  panoptic_targets = preprocessing.panoptic_to_targets(
+      tf.constant(panoptic), d, INFO.ignore_label, INFO.is_thing, max_num_masks=4)
+  np.testing.assert_array_equal(panoptic_targets[common.GT_CLASSES].numpy(), [0, 0, 3, -1])
+
 def test_corrupt_record_names_image_and_file(tmp_path):
   image, panoptic = shapes.generate_example(0, 0)
   example = tfrecord.make_example(tfrecord.encode_png(image), "png", "bad_image.png",
