@@ -182,7 +182,8 @@ class MaskResultsPostprocessor(MaskClassificationPostprocessor):
       semantic_from_masks: semantic results from :func:`semantic_inference`
         (True) or from the panoptic postprocessor's map (False).
       instance_masks: declare ``instance_masks`` (True) or pass the panoptic
-        postprocessor's ``instance`` map through (False).
+        postprocessor's ``instance`` map through (False; without a panoptic
+        postprocessor: semantic results only, as Mask2Former's semantic recipes).
       num_instances: K, instances per image (Mask2Former: 100).
       mask_threshold: an instance mask is ``m_q > mask_threshold`` (0.5).
       class_activation, mask_activation, align_corners: how the logits are read;
@@ -203,7 +204,7 @@ class MaskResultsPostprocessor(MaskClassificationPostprocessor):
     self._mask_activation = self._pick("mask_activation", mask_activation)
     self._align_corners = bool(self._pick("align_corners", align_corners))
     self._semantic_from_masks = bool(semantic_from_masks) or inner is None
-    self._instance_masks = bool(instance_masks) or inner is None
+    self._instance_masks = bool(instance_masks)
     self.results = self._declared(inner)
     super().__init__(is_thing, label_divisor, ignore_label)
     if self._instance_masks and not any(self._is_thing):

@@ -203,3 +203,19 @@ def test_declarations_switches_and_errors():
     MaskResultsPostprocessor(**kw, class_activation="relu")
   with pytest.raises(ValueError, match="need thing classes"):
     MaskResultsPostprocessor(is_thing=(False, False), label_divisor=DIV, ignore_label=IGNORE)
+
+
+def test_semantic_only_without_a_panoptic_postprocessor():
+  """Mask2Former's semantic recipes: every class stuff, no panoptic or instance result."""
+  class_logits, mask_logits = _outputs(5)
+  post = MaskResultsPostprocessor(
+      is_thing=(False, False, False), label_divisor=DIV, ignore_label=IGNORE,
+      panoptic_postprocessor=None, instance_masks=False, class_activation="softmax",
+      mask_activation="sigmoid", align_corners=False)
+  assert post.results == {"semantic"}
+  post.check_model_outputs(_tf(class_logits, mask_logits))
+  result = post(_tf(class_logits, mask_logits), (3, 5))
+  assert list(result) == [common.SEMANTIC]
+  np.testing.assert_array_equal(
+      result[common.SEMANTIC].numpy(),
+      np_semantic(np_class_probs(class_logits, "softmax"), np_mask_probs(mask_logits, "sigmoid")))
