@@ -121,7 +121,7 @@ def _low_rank(variable: tf.Variable) -> bool:
 
 # Keras' own tracking lists: a path through them names no attribute of a part.
 _TRACKING_ATTRIBUTES = frozenset(("_self_tracked_trackables", "_trainable_weights",
-                                  "_non_trainable_weights", "_layers"))
+                                  "_non_trainable_weights"))
 
 
 def variable_paths(module: tf.Module) -> Dict[int, List[str]]:
@@ -137,7 +137,9 @@ def variable_paths(module: tf.Module) -> Dict[int, List[str]]:
     module: the model.
 
   Returns:
-    ``{id(variable): [path, ...]}``, every path through named attributes.
+    ``{id(variable): [path, ...]}``, every path through named attributes; a
+    variable held only in Keras' own tracking lists has none (then its
+    ``name`` is matched).
   """
   paths: Dict[int, List[str]] = {}
   # pylint: disable-next=protected-access
