@@ -123,3 +123,15 @@ def test_input_normalization_needs_gin_values():
     TorchvisionResNetEncoder(input_normalization=True)
   with pytest.raises(ValueError, match="std positive"):
     InputNormalization(mean=(0.5, 0.5, 0.5), std=(0.2, 0.0, 0.2))
+
+
+def test_parameter_count_equals_torchvision():
+  # torchvision's resnet50 (25,557,032 parameters, its model docs) without the
+  # 2048 x 1000 classifier (2,049,000); transformers' ResNetBackbone(ResNetConfig())
+  # counts the same. (ResNet-101: 42,500,160 the same way, and here; not run, 10 s.)
+  params = 23_508_032
+  encoder = TorchvisionResNetEncoder(model_id=50)
+  encoder(tf.zeros([1, 32, 32, 3]))
+  counted = sum(int(np.prod(v.shape)) for v in encoder.weights
+                if "moving_" not in v.name)   # running statistics are buffers in torch
+  assert counted == params
