@@ -54,6 +54,7 @@ def test_features_equal_transformers_resnet_backbone(imported, image):
     want = data[f"{prefix}stage{i + 1}"]
     got = outputs[f"stride{stride}"].numpy()
     assert got.shape == want.shape, stride
+    print(f"{image} stride {stride}: max |diff| {np.abs(got - want).max():.2e}")  # pytest -s
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5, err_msg=f"stride {stride}")
 
 

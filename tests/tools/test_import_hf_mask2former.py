@@ -49,6 +49,10 @@ def test_logits_equal_transformers_through_the_written_checkpoint(name, tmp_path
   data = golden(name)
   out = model(tf.constant(data["image"]), training=False)
   gin.clear_config()
+  # The figure of the docs (pytest -s prints it).
+  print(f"{name}: max |class diff| "
+        f"{np.abs(out[common.PRED_CLASS_LOGITS] - data['class_logits']).max():.2e}, "
+        f"max |mask diff| {np.abs(out[common.PRED_MASK_LOGITS] - data['mask_logits']).max():.2e}")
   np.testing.assert_allclose(out[common.PRED_CLASS_LOGITS], data["class_logits"], atol=ATOL)
   np.testing.assert_allclose(out[common.PRED_MASK_LOGITS], data["mask_logits"], atol=ATOL)
   aux = out[common.AUX_OUTPUTS]
