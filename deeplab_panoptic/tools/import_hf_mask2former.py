@@ -152,9 +152,10 @@ def _resnet_bindings(backbone: dict) -> List[str]:
           f"TorchvisionResNetEncoder.widths = {tuple(backbone['hidden_sizes'])}",
           "TorchvisionResNetEncoder.stride_in_1x1 = "
           f"{bool(backbone.get('downsample_in_bottleneck', False))}",
-          # detectron2's default MODEL.RESNETS.NORM = "FrozenBN", which
-          # Mask2Former's ResNet configs keep (facebookresearch/detectron2
-          # detectron2/config/defaults.py).
+          # detectron2's default MODEL.RESNETS.NORM = "FrozenBN" (detectron2/config/
+          # defaults.py), which Mask2Former's ResNet configs keep (NORM commented
+          # out; FREEZE_AT 0: every stage trained; facebookresearch/Mask2Former
+          # configs/coco/panoptic-segmentation/Base-COCO-PanopticSegmentation.yaml).
           "TorchvisionResNetEncoder.freeze_batch_norm = True",
           "TorchvisionResNetEncoder.input_normalization = True"]
 
