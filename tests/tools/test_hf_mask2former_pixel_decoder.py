@@ -108,3 +108,23 @@ def test_refuses_a_decoder_not_configured_as_mask2former():
   decoder({f"stride{s}": tf.zeros([1, 32 // s, 32 // s, 4]) for s in (8, 16, 32)})
   with pytest.raises(ValueError, match="configured as Mask2Former's"):
     pixel_decoder.assign(decoder, {}, "")
+
+
+@pytest.mark.parametrize("backbone", ["resnet", "swin_l"])
+def test_full_size_parameter_count_equals_transformers(backbone):
+  """configs/models/mask2former_pixel_decoder.gin at full size has exactly the
+  parameters of transformers' Mask2FormerPixelDecoder on the same backbone widths."""
+  metadata, _, _, _ = _fixture()
+  widths = {"resnet": (256, 512, 1024, 2048), "swin_t_s": (96, 192, 384, 768),
+            "swin_b": (128, 256, 512, 1024), "swin_l": (192, 384, 768, 1536)}[backbone]
+  with gin.unlock_config():
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([GIN_FILE], [])
+    try:
+      decoder = DeformableEncoder()
+    finally:
+      gin.clear_config()
+  decoder({f"stride{s}": tf.zeros([1, 32 // s, 32 // s, c])
+           for s, c in zip((4, 8, 16, 32), widths)})
+  assert sum(int(np.prod(v.shape)) for v in decoder.weights) == \
+      metadata["reference_params"][backbone]

@@ -23,7 +23,9 @@ initialisation), runs it in eval mode on random backbone features and writes to
   reads NCHW); ``output/stride<s>``: its ``multi_scale_features`` (strides 32, 16,
   8) and ``mask_features`` (stride 4), NHWC, float32.
 * ``pixel_decoder.json``: the transformers and torch versions, ``CONFIG``, the
-  backbone feature shapes.
+  backbone feature shapes, and ``reference_params``: the parameter count of the
+  full-size module (``Mask2FormerConfig()``'s defaults: 256 wide, 6 layers, 8 heads,
+  FFN 1024, 256-d mask features) on the backbone widths of ``BACKBONE_WIDTHS``.
 
 The feature maps are no 2x pyramid (17 x 23, 9 x 12, 5 x 6, 3 x 3) and not
 square, so the bilinear upsampling of the stride-4 step (a non-integer factor),
@@ -44,6 +46,9 @@ CONFIG = dict(feature_size=32, mask_feature_size=16, encoder_layers=2, num_atten
               dropout=0.0)
 # Backbone endpoints, fine to coarse: stride, (height, width), channels.
 FEATURES = [(4, (17, 23), 8), (8, (9, 12), 12), (16, (5, 6), 16), (32, (3, 3), 24)]
+# Backbone output widths (strides 4-32) of the published Mask2Former backbones.
+BACKBONE_WIDTHS = {"resnet": [256, 512, 1024, 2048], "swin_t_s": [96, 192, 384, 768],
+                   "swin_b": [128, 256, 512, 1024], "swin_l": [192, 384, 768, 1536]}
 
 
 def _randomise(model, seed):
@@ -55,6 +60,19 @@ def _randomise(model, seed):
       is_scale = param.ndim == 1 and name.endswith("weight") and (
           "norm" in name or name.split(".")[-2] == "1")   # Sequential(conv, GroupNorm)
       param.copy_(1.0 + 0.2 * noise if is_scale else 0.3 * noise)
+
+
+def reference_params() -> dict:
+  """``{backbone: parameter count}`` of the full-size pixel decoder."""
+  from transformers import Mask2FormerConfig  # pylint: disable=g-import-not-at-top
+  from transformers.models.mask2former.modeling_mask2former import (  # pylint: disable=g-import-not-at-top
+      Mask2FormerPixelDecoder)
+  counts = {}
+  for name, widths in BACKBONE_WIDTHS.items():
+    with torch.device("meta"):
+      module = Mask2FormerPixelDecoder(Mask2FormerConfig(), feature_channels=widths)
+    counts[name] = sum(p.numel() for p in module.parameters())
+  return counts
 
 
 def main():
@@ -93,10 +111,12 @@ def main():
                                  "Mask2FormerPixelDecoder",
               "prefix": PREFIX, "config": CONFIG,
               "features": [{"stride": s, "height": hw[0], "width": hw[1], "channels": c}
-                           for s, hw, c in FEATURES]}
+                           for s, hw, c in FEATURES],
+              "reference_params": reference_params()}
   with open(os.path.join(args.output_dir, "pixel_decoder.json"), "w") as f:
     json.dump(metadata, f, indent=1, sort_keys=True)
-  print({k: v.shape for k, v in arrays.items() if not k.startswith("weights/")})
+  print({k: v.shape for k, v in arrays.items() if not k.startswith("weights/")},
+        metadata["reference_params"])
 
 
 if __name__ == "__main__":
