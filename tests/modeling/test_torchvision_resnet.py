@@ -136,3 +136,24 @@ def test_parameter_count_equals_torchvision():
   counted = sum(int(np.prod(v.shape)) for v in encoder.weights
                 if "moving_" not in v.name)   # running statistics are buffers in torch
   assert counted == params
+
+
+def test_xla_forward_and_gradient_equal_eager(imported):
+  encoder = imported[0]
+  image = tf.constant(golden("resnet")["odd_image"])
+
+  def loss(x):
+    return sum(tf.reduce_sum(v * v) for v in encoder(x, training=False).values())
+
+  def value_and_grad(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      value = loss(x)
+    return value, tape.gradient(value, x)
+
+  eager = value_and_grad(image)
+  compiled = tf.function(value_and_grad, jit_compile=True)(image)
+  np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)
+  # float32 sums in another order: relative to the largest gradient (about 50 here).
+  scale = float(np.abs(eager[1]).max())
+  np.testing.assert_allclose(compiled[1], eager[1], rtol=0, atol=1e-5 * scale)
