@@ -19,7 +19,7 @@ out, then median / min / max of ``--repeats`` calls. TFLite runs on
 Each TFLite model's panoptic map is also compared with the SavedModel's on the
 same image (fraction of equal pixels). With initial weights and the recipe's
 thresholds the maps are all void; pass zero thresholds with ``--gin_param`` (as
-``tests/export/test_signatures.py``'s LOW_THRESHOLDS) for a comparison of
+``tests/export/conftest.py``'s LOW_THRESHOLDS) for a comparison of
 non-trivial maps. This checks the conversion, not accuracy.
 """
 
