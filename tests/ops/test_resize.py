@@ -52,15 +52,54 @@ def test_resize_bilinear_keeps_the_float_dtype_and_is_identity_at_size():
   assert image.shape == (2, 6, 3) and label.shape == (2, 6, 1) and label.dtype == tf.int32
 
 
-@pytest.mark.xfail(strict=True, reason="tensorflow/tensorflow#118344: XLA on CPU resizes "
-                   "bilinearly wrongly at non-integer factors")
-def test_xla_bilinear_resize_equals_eager_at_a_non_integer_factor():
-  """Found by tests/training/test_xla_train_step.py at a 33x33 crop: a 9x9 map
-  resized to 33x33 inside an XLA cluster differs by up to 4.2 from the eager
-  resize (which matches numpy's half-pixel bilinear to 2e-6); integer factors
-  (8 -> 32, 9 -> 36) agree. When TensorFlow fixes it, this test passes and, strict,
-  fails: then drop the power-of-two crop of the XLA step test."""
-  x = tf.constant(np.random.default_rng(0).normal(size=(2, 9, 9, 5)).astype(np.float32))
-  fn = lambda t: resize.resize_bilinear(t, (33, 33))  # pylint: disable=unnecessary-lambda-assignment
-  np.testing.assert_allclose(tf.function(fn, jit_compile=True)(x).numpy(), fn(x).numpy(),
-                             atol=1e-4)
+def _bilinear_numpy(x, size, align_corners):
+  """Per output pixel, the four source pixels' weighted sum (float64)."""
+  def taps(n_in, n_out):
+    i = np.arange(n_out, dtype=np.float64)
+    pos = (i * (n_in - 1) / max(n_out - 1, 1) if align_corners
+           else np.maximum((i + 0.5) * n_in / n_out - 0.5, 0.0))
+    low = np.minimum(np.floor(pos).astype(int), n_in - 1)
+    return low, np.minimum(low + 1, n_in - 1), pos - low
+  (r0, r1, dr), (c0, c1, dc) = taps(x.shape[1], size[0]), taps(x.shape[2], size[1])
+  x = x.astype(np.float64)
+  top = x[:, r0][:, :, c0] * (1 - dc)[:, None] + x[:, r0][:, :, c1] * dc[:, None]
+  bottom = x[:, r1][:, :, c0] * (1 - dc)[:, None] + x[:, r1][:, :, c1] * dc[:, None]
+  return top * (1 - dr)[:, None, None] + bottom * dr[:, None, None]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_xla_bilinear_resize_equals_eager_and_numpy_at_non_integer_factors(align_corners):
+  """TensorFlow's resize op compiled by XLA on CPU is wrong at non-integer factors
+  (tensorflow/tensorflow#118344: 9x9 -> 33x33 off by up to 4.2); ours, two
+  matmuls, is right compiled or not, up- and downsampling."""
+  x = np.random.default_rng(0).normal(size=(2, 9, 7, 5)).astype(np.float32)
+  reference = tf.image.resize if not align_corners else (
+      lambda t, s: tf.compat.v1.image.resize_bilinear(t, s, align_corners=True))
+  for size in ((33, 33), (4, 3), (9, 20)):
+    fn = lambda t, s=size: resize.resize_bilinear(t, s, align_corners)  # pylint: disable=unnecessary-lambda-assignment
+    eager, compiled = fn(tf.constant(x)).numpy(), tf.function(fn, jit_compile=True)(x).numpy()
+    want = _bilinear_numpy(x, size, align_corners)
+    np.testing.assert_allclose(eager, want, atol=1e-6, err_msg=str(size))
+    np.testing.assert_allclose(compiled, want, atol=1e-6, err_msg=str(size))
+    # TensorFlow's op computes the source positions in float32: 2e-5 from exact.
+    np.testing.assert_allclose(reference(x, size).numpy(), want, atol=2e-5)
+
+
+def test_bilinear_resize_float64_gradient_is_exact_under_xla():
+  """The gradient is the interpolation matrices' transpose, in float64 under XLA
+  too (the XLA lowering of TensorFlow's resize gradient returns garbage in
+  float64 on CPU)."""
+  x = tf.constant(np.random.default_rng(1).normal(size=(1, 4, 3, 2)))
+  upstream = tf.constant(np.random.default_rng(2).normal(size=(1, 9, 5, 2)))
+
+  def grad(t):
+    with tf.GradientTape() as tape:
+      tape.watch(t)
+      loss = tf.reduce_sum(resize.resize_bilinear(t, (9, 5)) * upstream)
+    return tape.gradient(loss, t)
+
+  rows, cols = resize.interpolation_matrix(4, 9, False), resize.interpolation_matrix(3, 5, False)
+  want = np.einsum("oh,pw,bopc->bhwc", rows, cols, upstream.numpy())
+  np.testing.assert_allclose(grad(x).numpy(), want, rtol=1e-12)
+  np.testing.assert_allclose(tf.function(grad, jit_compile=True)(x).numpy(), want, rtol=1e-12)
+  assert resize.resize_bilinear(x, (9, 5)).dtype == tf.float64
