@@ -1,8 +1,9 @@
 """Parameter and multiply-add counts of a model, as the papers report them."""
 
 import collections
+import contextlib
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +18,27 @@ def count_params(variables: Sequence[tf.Variable]) -> int:
   for v in variables:
     seen[id(v)] = int(np.prod(v.shape.as_list()))
   return int(sum(seen.values()))
+
+
+@contextlib.contextmanager
+def zero_initial_values() -> Iterator[None]:
+  """Variables created inside start at zeros instead of their initializer's draw.
+
+  For counting (parameters, multiply-adds), where only the variables' shapes
+  matter: drawing the random initial values is most of the time a large model
+  takes to build on a CPU (ConvNeXt-L kMaX: 16 s of CPU with the draws, 6 s
+  without). A variable created without a static shape or dtype keeps its
+  initializer.
+  """
+  def creator(next_creator, **kwargs):
+    shape, dtype = kwargs.get("shape"), kwargs.get("dtype")
+    if (callable(kwargs.get("initial_value")) and dtype is not None and shape is not None
+        and tf.TensorShape(shape).is_fully_defined()):
+      kwargs["initial_value"] = lambda: tf.zeros(shape, dtype)
+    return next_creator(**kwargs)
+
+  with tf.variable_creator_scope(creator):
+    yield
 
 
 def parameter_counts(model: modeling_base.SegmentationModel) -> Dict[str, int]:

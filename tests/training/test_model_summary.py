@@ -73,3 +73,23 @@ def test_fully_counted_model_reports_no_uncounted_ops():
   report = model_summary.mac_report(model, (16, 16))
   assert report.uncounted == {} and report.uncounted_text() == "none"
   assert report.macs == model_summary.count_macs(model, (16, 16))
+
+
+def test_zero_initial_values_keep_the_shapes_and_counts():
+  model = _Tiny()
+  model(tf.zeros([1, 16, 16, 3]))
+  with model_summary.zero_initial_values():
+    zeroed = _Tiny()
+    zeroed(tf.zeros([1, 16, 16, 3]))
+    # A value given without a shape is kept as it is.
+    given = tf.Variable(tf.ones([2]))
+  assert [v.shape for v in zeroed.weights] == [v.shape for v in model.weights]
+  assert [v.dtype for v in zeroed.weights] == [v.dtype for v in model.weights]
+  # conv 3x3x3x8 + 8, depthwise 5x5x8x1 + 8, dense 8x10 + 10: by hand.
+  by_hand = 3 * 3 * 3 * 8 + 8 + 5 * 5 * 8 + 8 + 8 * 10 + 10
+  assert model_summary.count_params(zeroed.weights) == by_hand
+  assert model_summary.count_params(model.weights) == by_hand
+  assert all(not tf.reduce_any(v != 0) for v in zeroed.weights)
+  assert any(tf.reduce_any(v != 0) for v in model.weights)  # the draws, outside
+  assert given.numpy().tolist() == [1.0, 1.0]
+  assert model_summary.count_macs(zeroed, (16, 16)) == model_summary.count_macs(model, (16, 16))
