@@ -21,6 +21,7 @@ import tensorflow as tf
 from safetensors.numpy import load_file
 
 from deeplab_panoptic import common
+from deeplab_panoptic import registry  # pylint: disable=unused-import  (every configurable)
 from deeplab_panoptic.cli import recipes
 from deeplab_panoptic.modeling.meta_arch import MaskTransformer
 from deeplab_panoptic.tools import import_hf_mask2former as importer
@@ -147,3 +148,51 @@ def test_command_line_error_is_one_line(tmp_path):
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
       f"import_hf_mask2former: --hf_model_dir={tmp_path / 'absent'}: no such directory."]
+
+
+def _recipe_value(parameter: str):
+  """What the parsed recipe gives ``Configurable.parameter``: its binding, or the
+  constructor's default (Swin's variant fills its widths, ResNet's model_id its depths)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from deeplab_panoptic.modeling.pixel_encoders import swin, torchvision_resnet  # pylint: disable=g-import-not-at-top
+  try:
+    value = gin.query_parameter(parameter)
+  except ValueError:
+    value = None
+  if isinstance(value, gin.config.ConfigurableReference):
+    text = str(value)
+    return gin.query_parameter(text) if text.startswith("%") else text
+  if value is not None:
+    return value
+  configurable, name = parameter.split(".")
+  if configurable == "SwinEncoder" and name in ("embed_dim", "depths", "num_heads"):
+    return swin.VARIANTS[gin.query_parameter("SwinEncoder.variant")][name]
+  if configurable == "TorchvisionResNetEncoder" and name == "depths":
+    return torchvision_resnet.DEPTHS[gin.query_parameter("TorchvisionResNetEncoder.model_id")]
+  classes = {"SwinEncoder": swin.SwinEncoder,
+             "TorchvisionResNetEncoder": torchvision_resnet.TorchvisionResNetEncoder}
+  return inspect.signature(classes[configurable].__init__).parameters[name].default
+
+
+@pytest.mark.parametrize("name, recipe_model", [
+    ("swin_s", "configs/models/mask2former_swin_s.gin"),
+    ("r50", "configs/models/mask2former_r50.gin")])
+def test_imported_gin_is_the_recipes_model(name, recipe_model):
+  # transformers' default Mask2FormerConfig (the hub's COCO panoptic checkpoints) must
+  # give exactly the model our recipes build, so its ckpt-0 restores into them.
+  folder = os.path.join(FIXTURES, "full_configs", name)
+  text = importer.gin_text(folder, importer.read_config(folder))
+  bindings = [line.split(" = ", 1) for line in text.splitlines()
+              if " = " in line and not line.startswith("#")]
+  gin.clear_config()
+  recipes.add_search_paths()
+  gin.parse_config_files_and_bindings([os.path.join(REPO_ROOT, recipe_model)],
+                                      ["NUM_CLASSES = 133"])
+  try:
+    for parameter, value in bindings:
+      want = eval(value) if not value.startswith("@") else value  # pylint: disable=eval-used
+      got = _recipe_value(parameter)
+      got = tuple(got) if isinstance(got, list) else got
+      assert got == want, parameter
+  finally:
+    gin.clear_config()

@@ -39,6 +39,13 @@ to ``--output_dir/<name>/``:
 * ``metadata.json``: the transformers and torch versions, the configuration, the
   sizes, the mean / std, and the reference's parameter count.
 
+It also writes ``--output_dir/full_configs/{swin_s,r50}/config.json``: transformers'
+default ``Mask2FormerConfig`` (what the hub's ``facebook/mask2former-*`` COCO
+panoptic checkpoints use: hidden width 256, 10 decoder predictions, 100 queries,
+133 classes) with a Swin-S (window 7) or a ResNet-50 backbone, without weights:
+what the importer must turn into the recipes' model
+(``configs/models/mask2former_{swin_s,r50}.gin``).
+
 Every draw is seeded: the same versions give the same files.
 """
 
@@ -147,6 +154,24 @@ def write(name, output_dir, versions):
   print(name, {k: (v.shape, float(np.abs(v).max())) for k, v in arrays.items()})
 
 
+FULL_CONFIGS = {
+    "swin_s": ("swin", dict(embed_dim=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24],
+                            window_size=7, drop_path_rate=0.3)),
+    "r50": ("resnet", dict(depths=[3, 4, 6, 3])),
+}
+COCO_PANOPTIC_CLASSES = 133
+
+
+def write_full_configs(output_dir):
+  """``output_dir/full_configs/<name>/config.json`` (see the module docstring)."""
+  from transformers import Mask2FormerConfig, ResNetConfig, SwinConfig  # pylint: disable=g-import-not-at-top
+  for name, (kind, kwargs) in FULL_CONFIGS.items():
+    backbone_class = SwinConfig if kind == "swin" else ResNetConfig
+    config = Mask2FormerConfig(backbone_config=backbone_class(out_features=STAGES, **kwargs),
+                               num_labels=COCO_PANOPTIC_CLASSES)
+    config.save_pretrained(os.path.join(output_dir, "full_configs", name))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--transformers_version", required=True,
@@ -161,6 +186,7 @@ def main():
               "torch_version": torch.__version__}
   for name in CONFIGS:
     write(name, args.output_dir, versions)
+  write_full_configs(args.output_dir)
 
 
 if __name__ == "__main__":
