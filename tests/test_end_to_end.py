@@ -53,9 +53,12 @@ def test_quickstart_train_eval_export_and_reload(tmp_path):
   # Results, operative config, checkpoints and TensorBoard events are where promised.
   results = json.loads((model_dir / "eval" / "results.json").read_text())
   assert results["step"] == 4
-  for key in ("PQ", "SQ", "RQ", "PQ_thing", "PQ_stuff", "per_class"):
+  for key in ("PQ", "SQ", "RQ", "PQ_thing", "PQ_stuff", "per_class", "mIoU", "AP"):
     assert key in results
   assert 0.0 <= results["PQ"] <= 100.0
+  # Mask2Former's instance results of the quickstart, as a COCO results JSON.
+  detections = json.loads(open(results["instance_results_json"]).read())
+  assert len(detections) == 6 * 96 and len({d["image_id"] for d in detections}) == 6
   assert (model_dir / "operative_config.gin").read_text().strip()
   assert "PQ_WEIGHT = 3.0" in (model_dir / "operative_config.gin").read_text()
   assert any(f.startswith("ckpt-4") for f in os.listdir(model_dir))

@@ -79,19 +79,21 @@ def _check_equal(results, reference, images):
   assert len(results) == len(images)
   for result, ref, image in zip(results, reference, images):
     assert set(result) == set(ref) - {common.ORIGINAL_HEIGHT, common.ORIGINAL_WIDTH}
-    for key in (common.PANOPTIC, common.SEMANTIC, common.INSTANCE):
-      assert result[key].shape == image.shape[:2], key
+    for key in (common.PANOPTIC, common.SEMANTIC, common.INSTANCE_MASKS):
+      assert result[key].shape[:2] == image.shape[:2], key
       np.testing.assert_array_equal(result[key], ref[key], err_msg=key)
-    for key in (common.SEGMENT_CLASSES, saved_model.SEGMENT_IDS, common.SEGMENT_AREAS):
+    for key in (common.SEGMENT_CLASSES, saved_model.SEGMENT_IDS, common.SEGMENT_AREAS,
+                common.INSTANCE_CLASSES):
       np.testing.assert_array_equal(result[key], ref[key], err_msg=key)
-    np.testing.assert_allclose(result[common.SEGMENT_SCORES], ref[common.SEGMENT_SCORES],
-                               rtol=1e-5, atol=1e-6)
+    for key in (common.SEGMENT_SCORES, common.INSTANCE_SCORES):
+      np.testing.assert_allclose(result[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_saved_model_batch_of_mixed_sizes_equals_one_by_one(run, predictor):
   # The maps are not trivial: several segments per image.
   assert all(len(np.unique(ref[common.PANOPTIC])) >= 5 for ref in run["reference"])
-  assert predictor.results == {common.PANOPTIC, common.SEMANTIC, common.INSTANCE}
+  # The quickstart adds Mask2Former's semantic / instance results to its panoptic.
+  assert predictor.results == {common.PANOPTIC, common.SEMANTIC, common.INSTANCE_MASKS}
   assert predictor.info.num_classes == 5
   images = run["images"]
   _check_equal(predictor.predict(images), run["reference"], images)

@@ -265,6 +265,8 @@ class MaskResultsPostprocessor(MaskClassificationPostprocessor):
     """
     size = (int(target_size[0]), int(target_size[1]))
     result = dict(self._inner(outputs, size)) if self._inner is not None else {}
+    if not (self._semantic_from_masks or self._instance_masks):
+      return {key: result[key] for key in self.output_keys}
     class_probs = class_probabilities(outputs[common.PRED_CLASS_LOGITS],
                                       self._num_classes, self._class_activation)
     mask_probs = mask_probabilities(outputs[common.PRED_MASK_LOGITS], size,
