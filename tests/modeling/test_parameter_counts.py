@@ -16,8 +16,9 @@ ResNets); DeepLabV3+ R101 as SegFormer (arXiv 2105.15203) Tab. 2 counts it
 (auxiliary head included: our ``train_params``). MaX-DeepLab-S and -L are in
 tests/modeling/test_max_deeplab.py.
 
-Building the large models takes about 5-30 s of CPU each (some 3.5 min in all on
-two cores): those are marked ``slow``.
+The models are built with zero initial values (``model_summary.zero_initial_values``):
+drawing the random ones was most of the build time. Building the large models
+still takes a few seconds of CPU each: those are marked ``slow``.
 """
 
 import gin
@@ -79,12 +80,15 @@ FAST = ("coco/remax_t_641_50k", "coco/panoptic_segformer_pvtv2_b0_50ep")
 
 def _counts(recipe: str) -> dict:
   gin.clear_config()
-  try:
-    main_lib.parse_gin([f"experiments/{recipe}.gin"], [])
-    model = ExperimentConfig().model()
-  finally:
-    gin.clear_config()
-  model(tf.zeros([1, SIZE, SIZE, 3]), training=True)  # creates every variable
+  # Only the variables' shapes are counted: zeros instead of the random draws
+  # (most of a large model's build time).
+  with model_summary.zero_initial_values():
+    try:
+      main_lib.parse_gin([f"experiments/{recipe}.gin"], [])
+      model = ExperimentConfig().model()
+    finally:
+      gin.clear_config()
+    model(tf.zeros([1, SIZE, SIZE, 3]), training=True)  # creates every variable
   counts = model_summary.parameter_counts(model)
   keras.backend.clear_session()
   return counts
