@@ -24,3 +24,15 @@ def run_main(*args, timeout=600):
 def coco_sample_dir():
   """The committed COCO panoptic sample folder (never skipped: it ships with the tests)."""
   return COCO_SAMPLE_DIR
+
+
+def pytest_collection_modifyitems(items):
+  """Groups the tests for pytest-xdist's ``--dist loadgroup`` (the README's command).
+
+  Each test file runs whole on one worker, so its module-scoped fixtures are built
+  once; the tests that read the session fixture ``exported`` (tests/export/conftest.py:
+  every family built and exported in one process) run on one worker together.
+  """
+  for item in items:
+    group = "exported" if "exported" in item.fixturenames else item.nodeid.split("::")[0]
+    item.add_marker(pytest.mark.xdist_group(group))
