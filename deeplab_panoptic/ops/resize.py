@@ -71,18 +71,25 @@ def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np
   return matrix
 
 
+# Name scope of the resize matmuls: a resize, not multiply-adds of the model, so
+# training/model_summary leaves the ops under it out of the count (as the papers'
+# M-Adds leave resizing out).
+RESIZE_SCOPE = "bilinear_resize_matmul"
+
+
 def _resize_by_matmul(x: tf.Tensor, size: Tuple[int, int], align_corners: bool) -> tf.Tensor:
   """``x`` ``[B, H, W, C]`` (static H, W) -> ``[B, size[0], size[1], C]``, one
   matmul per axis that changes, in float32 (float64 stays float64)."""
-  dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
-  y = tf.cast(x, dtype)
-  if size[0] != x.shape[1]:
-    rows = interpolation_matrix(x.shape[1], size[0], align_corners)
-    y = tf.einsum("oh,bhwc->bowc", tf.constant(rows, dtype), y)
-  if size[1] != x.shape[2]:
-    cols = interpolation_matrix(x.shape[2], size[1], align_corners)
-    y = tf.einsum("ow,bhwc->bhoc", tf.constant(cols, dtype), y)
-  return y
+  with tf.name_scope(RESIZE_SCOPE):
+    dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+    y = tf.cast(x, dtype)
+    if size[0] != x.shape[1]:
+      rows = interpolation_matrix(x.shape[1], size[0], align_corners)
+      y = tf.einsum("oh,bhwc->bowc", tf.constant(rows, dtype), y)
+    if size[1] != x.shape[2]:
+      cols = interpolation_matrix(x.shape[2], size[1], align_corners)
+      y = tf.einsum("ow,bhwc->bhoc", tf.constant(cols, dtype), y)
+    return y
 
 
 def resize_bilinear(x: tf.Tensor, size: Size, align_corners: bool = False) -> tf.Tensor:

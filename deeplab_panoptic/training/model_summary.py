@@ -10,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from deeplab_panoptic.modeling import base as modeling_base
+from deeplab_panoptic.ops import resize
 
 
 def count_params(variables: Sequence[tf.Variable]) -> int:
@@ -126,10 +127,16 @@ _COUNTED = {"Conv2D": _conv_macs, "DepthwiseConv2dNative": _conv_macs,
             "Einsum": _einsum_op_macs}
 
 
+def _is_resize(op: tf.Operation) -> bool:
+  """Whether ``op`` is one of ``ops.resize``'s interpolation matmuls."""
+  return any(part == resize.RESIZE_SCOPE or part.startswith(resize.RESIZE_SCOPE + "_")
+             for part in op.name.split("/")[:-1])
+
+
 def _op_macs(op: tf.Operation) -> Optional[int]:
   """Multiply-adds of one graph op (0 for a ``NO_MAC_OPS`` type); None when the
   op cannot be counted (an unknown type, or a counted type without static shapes)."""
-  if op.type in NO_MAC_OPS:
+  if op.type in NO_MAC_OPS or _is_resize(op):
     return 0
   counter = _COUNTED.get(op.type)
   if counter is None:

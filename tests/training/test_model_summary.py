@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from deeplab_panoptic.ops import resize
 from deeplab_panoptic.training import model_summary
 
 
@@ -93,3 +94,24 @@ def test_zero_initial_values_keep_the_shapes_and_counts():
   assert any(tf.reduce_any(v != 0) for v in model.weights)  # the draws, outside
   assert given.numpy().tolist() == [1.0, 1.0]
   assert model_summary.count_macs(zeroed, (16, 16)) == model_summary.count_macs(model, (16, 16))
+
+
+class _ConvThenResize(keras.Model):
+  """A counted 1x1 conv, then static bilinear resizes (ops.resize's matmuls)."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv = keras.layers.Conv2D(4, 1, use_bias=False)
+
+  def call(self, x, training=None):
+    y = self.conv(x)                                        # [b, 8, 8, 4]
+    return resize.resize_bilinear(y, (13, 11)), resize.resize_bilinear(y, (16, 16))
+
+
+def test_resizes_are_not_multiply_adds():
+  """ops.resize's interpolation matmuls are a resize (the papers' M-Adds leave
+  resizing out): only the conv is counted."""
+  model = _ConvThenResize()
+  model(tf.zeros([1, 8, 8, 3]))
+  report = model_summary.mac_report(model, (8, 8))
+  assert report.macs == 8 * 8 * 4 * 3 and report.uncounted == {}
