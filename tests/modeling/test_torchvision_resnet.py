@@ -34,7 +34,7 @@ def _encoder(**kwargs):
   return encoder
 
 
-@pytest.fixture(name="imported")
+@pytest.fixture(name="imported", scope="module")
 def _imported():
   gin.clear_config()
   encoder = _encoder()
