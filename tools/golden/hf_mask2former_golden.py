@@ -172,11 +172,42 @@ def write_full_configs(output_dir):
     config.save_pretrained(os.path.join(output_dir, "full_configs", name))
 
 
+def write_full_size(output_dir, versions):
+  """``output_dir/<name>/``: full-size random models of ``FULL_CONFIGS`` with their
+  folder and ``golden.npz`` (as ``write``; a 128 x 128 image), for
+  ``benchmarks/hf_mask2former_parity.py``. Hundreds of MB: never committed."""
+  from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation  # pylint: disable=g-import-not-at-top
+  global IMAGE_SIZE, ODD_IMAGE_SIZE  # pylint: disable=global-statement
+  IMAGE_SIZE, ODD_IMAGE_SIZE = (128, 128), (65, 65)
+  write_full_configs(output_dir)
+  for name in FULL_CONFIGS:
+    folder = os.path.join(output_dir, "full_configs", name)
+    config = Mask2FormerConfig.from_pretrained(folder)
+    config.output_auxiliary_logits = True
+    torch.manual_seed(0)
+    model = Mask2FormerForUniversalSegmentation(config).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+      for key, tensor in model.state_dict().items():
+        if key.endswith("running_var"):
+          tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+        elif tensor.is_floating_point():
+          tensor.add_(torch.randn(tensor.shape, generator=generator) * NOISE)
+    arrays = reference_outputs(model, seed=20)
+    model.save_pretrained(folder)
+    np.savez_compressed(os.path.join(folder, "golden.npz"), **arrays)
+    with open(os.path.join(folder, "metadata.json"), "w") as f:
+      json.dump(dict(versions, image_size=list(IMAGE_SIZE)), f)
+    print(name, {k: float(np.abs(v).max()) for k, v in arrays.items() if "logits" in k})
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--transformers_version", required=True,
                       help="The transformers version that must be installed.")
   parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--full_size_dir", default=None,
+                      help="Also write full-size random models there (not a fixture).")
   args = parser.parse_args()
   import transformers  # pylint: disable=g-import-not-at-top
   if transformers.__version__ != args.transformers_version:
@@ -187,6 +218,8 @@ def main():
   for name in CONFIGS:
     write(name, args.output_dir, versions)
   write_full_configs(args.output_dir)
+  if args.full_size_dir:
+    write_full_size(args.full_size_dir, versions)
 
 
 if __name__ == "__main__":
