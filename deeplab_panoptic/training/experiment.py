@@ -1,5 +1,6 @@
 """Builds and runs an experiment from gin: train, eval, train_and_eval, export, summary."""
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -173,7 +174,10 @@ class Experiment:
     # export / summary reads the same float32 variables.
     self.precision = None if mode in ("export", "summary") else self.config.mixed_precision
     set_precision_policy(self.precision)
-    with self.strategy.scope():
+    # A summary reads the variables' shapes only: zeros instead of the random draws.
+    initial_values = (model_summary.zero_initial_values() if mode == "summary"
+                      else contextlib.nullcontext())
+    with self.strategy.scope(), initial_values:
       self.model = self.config.model()
       if not isinstance(self.model, modeling_base.SegmentationModel):
         raise TypeError(f"ExperimentConfig.model built a {type(self.model).__name__}, not a "
