@@ -30,9 +30,11 @@ def pytest_collection_modifyitems(items):
   """Groups the tests for pytest-xdist's ``--dist loadgroup`` (the README's command).
 
   Each test file runs whole on one worker, so its module-scoped fixtures are built
-  once; the tests that read the session fixture ``exported`` (tests/export/conftest.py:
-  every family built and exported in one process) run on one worker together.
+  once; the tests that read the session fixture ``exported_families``
+  (tests/export/conftest.py: every family built and exported in one process) run
+  on one worker together.
   """
   for item in items:
-    group = "exported" if "exported" in item.fixturenames else item.nodeid.split("::")[0]
+    group = ("exported_families" if "exported_families" in item.fixturenames
+             else item.nodeid.split("::")[0])
     item.add_marker(pytest.mark.xdist_group(group))

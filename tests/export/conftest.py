@@ -169,7 +169,7 @@ def _run(script: str, cwd: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory):
+def exported_families(tmp_path_factory):
   """Builds, exports, reloads and runs every family (and converts and runs the
   TFLite families); returns the scratch directory."""
   tmp = tmp_path_factory.mktemp("signatures")

@@ -1,7 +1,7 @@
 """Every model family's SavedModel, loaded in a fresh process, equals the in-memory model.
 
 A new family plugs in by adding its gin file to ``FAMILY_GIN_FILES`` in
-tests/export/conftest.py, whose session fixture ``exported`` builds every family
+tests/export/conftest.py, whose session fixture ``exported_families`` builds every family
 with its initial weights and lowered thresholds, exports them in one process and
 loads and runs them in one other.
 """
@@ -38,8 +38,8 @@ def _check_segments(out, name, panoptic, label_divisor):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", range(len(FAMILY_GIN_FILES)),
                          ids=[os.path.basename(f)[:-4] for f in FAMILY_GIN_FILES])
-def test_saved_model_signatures_match_in_memory_model(family, exported):
-  tmp_path = exported
+def test_saved_model_signatures_match_in_memory_model(family, exported_families):
+  tmp_path = exported_families
   assert (tmp_path / f"export{family}" / "saved_model.pb").exists()
   assert not (tmp_path / f"export{family}.tmp").exists()
   ref = np.load(tmp_path / f"ref{family}.npz", allow_pickle=True)
