@@ -128,3 +128,14 @@ def test_full_size_parameter_count_equals_transformers(backbone):
            for s, c in zip((4, 8, 16, 32), widths)})
   assert sum(int(np.prod(v.shape)) for v in decoder.weights) == \
       metadata["reference_params"][backbone]
+
+
+def test_level_order_errors_name_the_option():
+  with pytest.raises(ValueError, match=r"input_strides \(16, 8, 32\) must be distinct and in "
+                     r"fine-to-coarse or coarse-to-fine order"):
+    DeformableEncoder(input_strides=(16, 8, 32))
+  with pytest.raises(ValueError, match=r"num_extra_levels = 1 needs fine-to-coarse"):
+    DeformableEncoder(input_strides=(32, 16, 8), num_extra_levels=1)
+  with pytest.raises(ValueError, match=r"fpn_strides \(8,\) must be finer than the finest "
+                     r"input stride 8"):
+    DeformableEncoder(input_strides=(32, 16, 8), fpn_strides=(8,))
