@@ -13,7 +13,8 @@ Papers' counts: kMaX-DeepLab (arXiv 2207.04044) Tab. 1 and ReMaX (arXiv
 R104-RFN); Panoptic SegFormer (arXiv 2109.03814) Tab. 1 (its mmcv count is the
 trainable parameters: frozen stem and BN left out, our ``train_params`` for the
 ResNets); DeepLabV3+ R101 as SegFormer (arXiv 2105.15203) Tab. 2 counts it
-(auxiliary head included: our ``train_params``). MaX-DeepLab-S and -L are in
+(auxiliary head included: our ``train_params``); Mask2Former (arXiv 2112.01527)
+Tab. 1 (R50, Swin-T). MaX-DeepLab-S and -L are in
 tests/modeling/test_max_deeplab.py.
 
 The models are built with zero initial values (``model_summary.zero_initial_values``):
@@ -65,6 +66,10 @@ COUNTS = {
                                                  0.006),
     "coco/panoptic_segformer_pvtv2_b5_50ep": (100_887_417, 100_887_417, "params", 100.9e6,
                                               0.006),
+    # Mask2Former (docs/models/mask2former.md): R50 +0.20%, Swin-T +0.93% (the
+    # pixel and transformer decoders equal transformers' counts to the parameter).
+    "coco/mask2former_r50_1024_50ep": (44_090_118, 43_983_878, "params", 44e6, 0.003),
+    "coco/mask2former_swin_t_1024_50ep": (47_435_264, 47_435_264, "params", 47e6, 0.01),
     # DeepLabV3+ R101 OS8 on ADE20K (150 classes): 1.3% below the published 62.7M.
     "ade20k/deeplabv3plus_r101_os8_160k": (59_611_158, 61_899_596, "train_params", 62.7e6,
                                            0.013),
