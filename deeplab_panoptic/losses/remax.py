@@ -163,11 +163,12 @@ class ReClass(mask_losses.ClassTargetRelaxation):
     semantic_masks = inputs.cached("reclass_semantic_masks", lambda: (
         semantic_one_hot(tf.reshape(
             resize_lib.resize_nearest(inputs.gt_semantic, size),
-            [-1, size[0] * size[1]]), inputs.num_classes)))
+            [-1, size[0] * size[1]]), inputs.num_classes,
+            stage.raw_mask_logits.dtype)))
     one_hot = tf.einsum(
         "bkn,bkc->bnc", stage.assignment,
         tf.one_hot(targets.classes, stage.class_logits.shape[-1],
-                   dtype=tf.float32))
+                   dtype=stage.assignment.dtype))
     raw_probs = targets_lib.mask_probabilities(stage.raw_mask_logits,
                                                inputs.mask_activation)
     return reclass_targets(raw_probs * targets.valid_pixels[:, :, tf.newaxis],
