@@ -48,6 +48,7 @@ from deeplab_panoptic.data import input_config as input_config_lib
 from deeplab_panoptic.data import preprocessing
 from deeplab_panoptic.data import tfrecord
 from deeplab_panoptic.modeling import base as modeling_base
+from deeplab_panoptic.ops import resize as resize_ops
 from deeplab_panoptic.postprocess import base as postprocess_base
 from deeplab_panoptic.postprocess import resolution
 
@@ -94,8 +95,9 @@ def fit_and_pad(images: tf.Tensor, input_size: Tuple[int, int],
   shape = tf.shape(images)[1:3]
   size = preprocessing.eval_resize_size(shape, (height, width), eval_resize, short_side,
                                         max_long_side)
+  # The reader's resize, so the exported model sees the evaluation's pixels.
   x = tf.cond(tf.reduce_all(tf.equal(size, shape)), lambda: x,
-              lambda: tf.image.resize(x, size, method=tf.image.ResizeMethod.BILINEAR))
+              lambda: resize_ops.resize_bilinear(x, size))
   rh, rw = size[0], size[1]
   x = tf.pad(x, [[0, 0], [0, height - rh], [0, width - rw], [0, 0]],
              constant_values=preprocessing.IMAGE_PAD_VALUE)
