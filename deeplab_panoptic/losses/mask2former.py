@@ -74,9 +74,9 @@ def class_cross_entropy(class_logits: tf.Tensor, assignment: tf.Tensor,
   num_logits = class_logits.shape[-1]
   matched = tf.reduce_sum(assignment, axis=1)  # [B, N] in {0, 1}.
   target = (tf.einsum("bkn,bkc->bnc", assignment,
-                      tf.one_hot(gt_classes, num_logits)) +
+                      tf.one_hot(gt_classes, num_logits, dtype=assignment.dtype)) +
             (1.0 - matched)[..., tf.newaxis] *
-            tf.one_hot(num_logits - 1, num_logits))
+            tf.one_hot(num_logits - 1, num_logits, dtype=assignment.dtype))
   cross_entropy = -tf.reduce_sum(
       target * tf.nn.log_softmax(class_logits, axis=-1), axis=-1)
   weight = matched + no_object_weight * (1.0 - matched)
@@ -325,7 +325,7 @@ class PointMaskCost(criterion_lib.MatchingCost):
     logits, labels = self.sampler.matching_sample(inputs, stage)
     probs = tf.nn.softmax(stage.class_logits, axis=-1)
     class_probs = tf.einsum("bnc,bkc->bkn", probs, tf.one_hot(
-        inputs.targets.classes, probs.shape[-1]))
+        inputs.targets.classes, probs.shape[-1], dtype=probs.dtype))
     cost = (-self.class_weight * class_probs +
             self.mask_weight * pairwise_point_bce(logits, labels) +
             self.dice_weight * psf.pairwise_dice_loss(

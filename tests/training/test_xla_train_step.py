@@ -59,11 +59,14 @@ class Family:
     two values per channel, which makes even its float64 gradients of scale 235.
   dtype: "float32", or "float64" for the whole library.
   tolerance: relative and absolute, on every loss and gradient.
+  min_trained_fraction: the share of variables with a non-zero gradient below
+    which the step is taken for a degenerate one.
   """
   bindings: Tuple[str, ...] = ()
   size: int = 32
   dtype: str = "float32"
   tolerance: float = 1e-5
+  min_trained_fraction: float = 0.5
 
 
 _FLOAT64 = dict(dtype="float64", tolerance=1e-10)
@@ -82,10 +85,13 @@ _FAMILIES = {
                                   "PanopticSegFormerDecoder.num_location_layers = 1"),
                                  **_FLOAT64),
     "deeplabv3plus": Family(),
-    # max_deeplab: not listed yet. A scratch run of this same step (float32, 32x32,
-    # AxialResNet.num_blocks = (1, 1, 1, 1)) agreed to 1.3e-6, but this test failed
-    # on it (2026-12-08); the cause was not looked into.
-    "mask2former": Family(("DeformableEncoder.num_layers = 1", "PointSampler.num_points = 64")),
+    # MaX zero-initialises the last batch-norm scale of every residual and axial
+    # branch (deeplab2's init), so at step 0 the weights before it have zero
+    # gradient: 115 of its 250 variables are trained.
+    "max_deeplab": Family(_NO_DROPOUT + ("AxialResNet.num_blocks = (1, 1, 1, 1)",),
+                          min_trained_fraction=0.4, **_FLOAT64),
+    "mask2former": Family(("DeformableEncoder.num_layers = 1", "PointSampler.num_points = 64"),
+                          **_FLOAT64),
 }
 
 
@@ -200,7 +206,7 @@ def _compare_steps(name: str, family: Family):
       trained += int(np.any(a != 0))
       np.testing.assert_allclose(b, a, rtol=tol, atol=tol, err_msg=f"{name}: {variable.name}")
   # The comparison covers a trained model, not a step that returns zeros.
-  assert trained > len(model.trainable_variables) // 2
+  assert trained > family.min_trained_fraction * len(model.trainable_variables)
 
 
 @pytest.mark.parametrize("name", sorted(_FAMILIES))
