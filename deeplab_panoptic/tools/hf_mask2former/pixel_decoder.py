@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_panoptic.modeling.pixel_decoders.deformable import DeformableEncoder
+from deeplab_panoptic.tools.hf_mask2former import checked_value
 
 Convert = Callable[[np.ndarray], np.ndarray]
 
@@ -123,15 +124,8 @@ def assign(part: DeformableEncoder, weights: Dict[str, np.ndarray], prefix: str)
   values = []
   for variable, name, convert in entries(part):
     key = prefix + name
-    if key not in weights:
-      raise ValueError(f"hf_mask2former pixel decoder: {key!r} is missing from the weights "
-                       f"(needed for {variable.name}).")
-    value = convert(np.asarray(weights[key]))
-    if tuple(value.shape) != tuple(variable.shape):
-      raise ValueError(f"hf_mask2former pixel decoder: {key!r} has shape "
-                       f"{tuple(weights[key].shape)}, which gives {tuple(value.shape)}; "
-                       f"{variable.name} is {tuple(variable.shape)}.")
-    values.append((variable, key, value))
+    values.append((variable, key,
+                   checked_value("pixel decoder", weights, key, variable, convert)))
   used = [key for _, key, _ in values]
   unused = sorted(set(k for k in weights if k.startswith(prefix)) - set(used))
   if unused:

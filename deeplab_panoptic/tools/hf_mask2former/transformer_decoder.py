@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_panoptic.modeling.transformer_decoders.mask2former import Mask2FormerDecoder
+from deeplab_panoptic.tools.hf_mask2former import checked_value
 
 Convert = Callable[[np.ndarray], np.ndarray]
 Entry = Tuple[tf.Variable, str, Convert]
@@ -107,19 +108,6 @@ def entries(part: Mask2FormerDecoder) -> List[Entry]:
   return out
 
 
-def _value(weights: Dict[str, np.ndarray], key: str, variable: tf.Variable,
-           convert: Convert) -> np.ndarray:
-  if key not in weights:
-    raise ValueError(f"hf_mask2former transformer decoder: {key!r} is missing from the "
-                     f"weights (needed for {variable.name}).")
-  value = convert(np.asarray(weights[key]))
-  if tuple(value.shape) != tuple(variable.shape):
-    raise ValueError(f"hf_mask2former transformer decoder: {key!r} has shape "
-                     f"{tuple(np.shape(weights[key]))}, which gives {tuple(value.shape)}; "
-                     f"{variable.name} is {tuple(variable.shape)}.")
-  return value
-
-
 def assign(part: Mask2FormerDecoder, weights: Dict[str, np.ndarray], prefix: str,
            class_prefix: str = "class_predictor.") -> List[str]:
   """Sets every variable of ``part`` from ``weights[prefix + name]`` (class head:
@@ -142,7 +130,7 @@ def assign(part: Mask2FormerDecoder, weights: Dict[str, np.ndarray], prefix: str
   named = [(variable, prefix + name, convert) for variable, name, convert in entries(part)]
   named += [(variable, class_prefix + name[len("class."):], convert)
             for variable, name, convert in _dense("class", part.class_head)]
-  values = [(variable, key, _value(weights, key, variable, convert))
+  values = [(variable, key, checked_value("transformer decoder", weights, key, variable, convert))
             for variable, key, convert in named]
   used = list(dict.fromkeys(key for _, key, _ in values))
   unused = sorted(set(k for k in weights if k.startswith(prefix)) - set(used))
